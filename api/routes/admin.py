@@ -1,0 +1,226 @@
+"""Keys, audit log and gateway status (admin), suppressions and MNP overrides (per organisation)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import delete, select
+
+from accounts.models import AuditEntry, Role
+from accounts.service import audit, create_key, list_keys, revoke_key
+from api.deps import Admin, AnyRole, Sender, SessionDep, StateDep
+from api.views import audit_view, decode_cursor, encode_cursor, key_view
+from campaigns.models import MnpOverride, Suppression
+from campaigns.phones import PhoneError, normalise_phone
+from campaigns.recipients import mark_suppressed
+from loa.errors import Invalid, NotFound
+from loa.timeutil import iso_z
+
+router = APIRouter(prefix="/v1", tags=["administration"])
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    name: str = Field("", max_length=200)
+
+
+@router.post("/keys", status_code=201, summary="Create a key; the key itself is shown only in this answer")
+def create(body: KeyIn, caller: Admin, session: SessionDep) -> dict[str, Any]:
+    issued = create_key(session, caller.org, body.role, body.name)
+    audit(session, caller.org.id, caller.key.id, "key.create", issued.record.id, role=body.role.value)
+    return {**key_view(issued.record), "key": issued.key}
+
+
+@router.get("/keys", summary="Keys of the organisation (never the keys themselves)")
+def keys(caller: Admin, session: SessionDep) -> dict[str, Any]:
+    return {"items": [key_view(k) for k in list_keys(session, caller.org.id)], "next_cursor": None}
+
+
+@router.delete("/keys/{key_id}", summary="Revoke a key, with immediate effect")
+def revoke(key_id: str, caller: Admin, session: SessionDep) -> dict[str, Any]:
+    record = revoke_key(session, key_id, caller.org.id)
+    audit(session, caller.org.id, caller.key.id, "key.revoke", key_id)
+    return key_view(record)
+
+
+@router.get("/audit", summary="Audit log, newest first")
+def audit_log(caller: Admin, session: SessionDep, limit: int = Query(100, ge=1, le=1000),
+              cursor: str | None = None, action: str | None = None) -> dict[str, Any]:
+    stmt = select(AuditEntry).where(AuditEntry.org_id == caller.org.id)
+    if action:
+        stmt = stmt.where(AuditEntry.action == action)  # type: ignore[arg-type]
+    after = decode_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(AuditEntry.id < int(after))  # type: ignore[operator]
+    rows = list(session.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit + 1)))  # type: ignore[union-attr]
+    return {"items": [audit_view(a) for a in rows[:limit]],
+            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+
+
+@router.get("/gateways", summary="Configured gateways with bind state, rate and queue depth")
+def gateways(caller: Admin, state: StateDep) -> dict[str, Any]:
+    from workers.queues import email_queue, sms_queue
+
+    items: list[dict[str, Any]] = []
+    r = state.redis
+    for g in state.gateways.smpp:
+        holders = {}
+        depth = None
+        factor = None
+        if r is not None:
+            try:
+                holders = {k.decode(): v.decode() for k, v in (
+                    (key, r.get(key)) for key in r.scan_iter(f"loa:lease:smpp:{g.name}:*")) if v}
+                depth = int(r.llen(sms_queue(g.name)))
+                raw = r.get(f"loa:rl:factor:smpp:{g.name}")
+                factor = float(raw) if raw else 1.0
+            except Exception:
+                pass
+        items.append({"name": g.name, "type": "smpp", "host": g.host, "port": g.port, "binds": g.binds,
+                      "bound": len(holders), "tps": g.tps, "rate_factor": factor, "queue_depth": depth,
+                      "carriers": g.carriers, "default": g.default, "fallback": g.fallback})
+    for relay in state.gateways.smtp:
+        depth = None
+        if r is not None:
+            try:
+                depth = int(r.llen(email_queue(relay.name)))
+            except Exception:
+                pass
+        items.append({"name": relay.name, "type": "smtp", "host": relay.host, "port": relay.port,
+                      "connections": relay.connections, "rate": relay.rate, "queue_depth": depth,
+                      "dkim": relay.dkim.domain if relay.dkim else None})
+    return {"items": items}
+
+
+# --- suppressions -----------------------------------------------------------------------------
+class SuppressionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str = Field(min_length=3, max_length=320)
+    reason: str = Field("manual", max_length=200)
+
+
+def _normalise_address(address: str) -> str:
+    if "@" in address:
+        return address.strip().lower()
+    try:
+        return normalise_phone(address)
+    except PhoneError as exc:
+        raise Invalid(f"address: {exc.reason}", {"field": "address"}) from None
+
+
+@router.get("/suppressions", summary="Suppressed addresses")
+def suppressions(caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000),
+                 cursor: str | None = None) -> dict[str, Any]:
+    stmt = select(Suppression).where(Suppression.org_id == caller.org.id)
+    after = decode_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(Suppression.id > int(after))  # type: ignore[operator]
+    rows = list(session.scalars(stmt.order_by(Suppression.id).limit(limit + 1)))  # type: ignore[arg-type]
+    return {"items": [{"address": s.address, "reason": s.reason, "created_at": iso_z(s.created_at)}
+                      for s in rows[:limit]],
+            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+
+
+@router.post("/suppressions", status_code=201, summary="Suppress an address (JSON), or many (CSV upload: address[,reason])")
+async def add_suppression(request: Request, caller: Sender, session: SessionDep) -> dict[str, Any]:
+    entries = await _entries(request, SuppressionIn, ("address", "reason"))
+    for e in entries:
+        mark_suppressed(session, caller.org.id, _normalise_address(e.address), e.reason)
+    audit(session, caller.org.id, caller.key.id, "suppression.add", None, count=len(entries))
+    return {"added": len(entries)}
+
+
+@router.delete("/suppressions/{address}", status_code=204, summary="Remove an address from the list")
+def remove_suppression(address: str, caller: Sender, session: SessionDep) -> Response:
+    result = session.execute(delete(Suppression).where(
+        Suppression.org_id == caller.org.id, Suppression.address == _normalise_address(address)))  # type: ignore[arg-type]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        raise NotFound("address is not suppressed")
+    return Response(status_code=204)
+
+
+# --- MNP overrides ----------------------------------------------------------------------------
+class MnpIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    number: str = Field(min_length=3, max_length=32)
+    carrier: str = Field(min_length=1, max_length=40)
+
+
+@router.get("/mnp", summary="Number portability overrides (number → carrier)")
+def mnp(caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000), cursor: str | None = None) -> dict[str, Any]:
+    stmt = select(MnpOverride).where(MnpOverride.org_id == caller.org.id)
+    after = decode_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(MnpOverride.id > int(after))  # type: ignore[operator]
+    rows = list(session.scalars(stmt.order_by(MnpOverride.id).limit(limit + 1)))  # type: ignore[arg-type]
+    return {"items": [{"number": m.number, "carrier": m.carrier} for m in rows[:limit]],
+            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+
+
+@router.post("/mnp", status_code=201, summary="Add overrides: JSON {number, carrier} or CSV upload (number,carrier)")
+async def add_mnp(request: Request, caller: Sender, session: SessionDep) -> dict[str, Any]:
+    entries = await _entries(request, MnpIn, ("number", "carrier"))
+    for e in entries:
+        try:
+            number = normalise_phone(e.number)
+        except PhoneError as exc:
+            raise Invalid(f"number {e.number!r}: {exc.reason}", {"field": "number"}) from None
+        existing = session.scalars(select(MnpOverride).where(
+            MnpOverride.org_id == caller.org.id, MnpOverride.number == number)).first()  # type: ignore[arg-type]
+        if existing:
+            existing.carrier = e.carrier
+        else:
+            session.add(MnpOverride(org_id=caller.org.id, number=number, carrier=e.carrier))
+    audit(session, caller.org.id, caller.key.id, "mnp.add", None, count=len(entries))
+    return {"added": len(entries)}
+
+
+@router.delete("/mnp/{number}", status_code=204, summary="Remove an override")
+def remove_mnp(number: str, caller: Sender, session: SessionDep) -> Response:
+    try:
+        normalised = normalise_phone(number)
+    except PhoneError as exc:
+        raise Invalid(f"number: {exc.reason}") from None
+    result = session.execute(delete(MnpOverride).where(
+        MnpOverride.org_id == caller.org.id, MnpOverride.number == normalised))  # type: ignore[arg-type]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        raise NotFound("no override for that number")
+    return Response(status_code=204)
+
+
+async def _entries(request: Request, model: type[Any], columns: tuple[str, str]) -> list[Any]:
+    """One JSON object, a JSON list, or a CSV file (multipart `file`) with the given columns."""
+    ctype = request.headers.get("content-type", "")
+    try:
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1)
+            file = form.get("file")
+            if file is None or isinstance(file, str):
+                raise Invalid("multipart upload needs a 'file' part", {"field": "file"})
+            text = (await file.read()).decode("utf-8-sig")
+            reader = csv.reader(io.StringIO(text), csv.Sniffer().sniff(text[:2048], ",;\t") if text.strip() else "excel")
+            rows = [r for r in reader if any(c.strip() for c in r)]
+            if rows and rows[0][0].strip().lower() == columns[0]:
+                rows = rows[1:]
+            out = []
+            for n, r in enumerate(rows, start=2):
+                values = {columns[0]: r[0].strip()}
+                if len(r) > 1 and r[1].strip():
+                    values[columns[1]] = r[1].strip()
+                try:
+                    out.append(model(**values))
+                except Exception as exc:
+                    raise Invalid(f"row {n}: {exc}", {"row": n}) from None
+            return out
+        data = await request.json()
+        items = data if isinstance(data, list) else [data]
+        return [model(**item) for item in items]
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, Invalid):
+            raise
+        raise Invalid(str(exc)) from None

@@ -1,0 +1,75 @@
+"""Messages across campaigns (search by recipient), one message with its timeline, bounces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import select
+
+from accounts.service import audit
+from api.deps import AnyRole, Sender, SessionDep
+from api.views import decode_cursor, encode_cursor, message_view
+from campaigns.bounces import apply_bounce
+from campaigns.models import Campaign, Message, MessageEvent
+from campaigns.phones import PhoneError, normalise_phone
+from loa.errors import Invalid, NotFound, TooLarge
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+
+MAX_BOUNCE_BYTES = 5 * 1024 * 1024
+
+
+def normalise_query_address(raw: str) -> str:
+    """Accept the number as people type it ("0912 345 678") or an email address."""
+    if "@" in raw:
+        return raw.strip().lower()
+    try:
+        return normalise_phone(raw)
+    except PhoneError as exc:
+        raise Invalid(f"to: {exc.reason}", {"field": "to"}) from None
+
+
+@router.get("/messages", summary="Messages to one recipient across campaigns (any usual number form)")
+def search(caller: AnyRole, session: SessionDep, to: str = Query(..., min_length=3),
+           limit: int = Query(100, ge=1, le=1000), cursor: str | None = None) -> dict[str, Any]:
+    address = normalise_query_address(to)
+    stmt = (
+        select(Message)
+        .join(Campaign, Campaign.id == Message.campaign_id)  # type: ignore[arg-type]
+        .where(Campaign.org_id == caller.org.id, Message.to == address)  # type: ignore[arg-type]
+    )
+    after = decode_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(Message.id < int(after))  # type: ignore[operator]
+    rows = list(session.scalars(stmt.order_by(Message.id.desc()).limit(limit + 1)))  # type: ignore[union-attr]
+    return {"items": [message_view(m) for m in rows[:limit]],
+            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+
+
+@router.get("/messages/{message_id}", summary="One message with its events (timeline)")
+def get(message_id: str, caller: AnyRole, session: SessionDep) -> dict[str, Any]:
+    if not message_id.isdigit():
+        raise NotFound(f"message {message_id} not found")
+    row = session.execute(
+        select(Message)
+        .join(Campaign, Campaign.id == Message.campaign_id)  # type: ignore[arg-type]
+        .where(Message.id == int(message_id), Campaign.org_id == caller.org.id)  # type: ignore[arg-type]
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"message {message_id} not found")
+    events = list(session.scalars(
+        select(MessageEvent).where(MessageEvent.message_id == row.id).order_by(MessageEvent.id)))  # type: ignore[arg-type]
+    audit(session, caller.org.id, caller.key.id, "message.view", message_id)
+    return message_view(row, events)
+
+
+@router.post("/bounces", summary="Submit a raw bounce (RFC 3464 DSN or plain bounce message)",
+             openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}})
+async def bounce(request: Request, caller: Sender, session: SessionDep) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BOUNCE_BYTES:
+        raise TooLarge("bounce message is larger than 5 MiB")
+    if not raw.strip():
+        raise Invalid("empty body: send the raw bounce message", {"field": "body"})
+    return apply_bounce(session, raw, org_id=caller.org.id)

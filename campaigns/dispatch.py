@@ -1,0 +1,201 @@
+"""The dispatcher: claims batches of queued messages with a conditional update, routes them to a
+gateway, and hands back one batch per gateway for a send task. Never one task per message.
+
+Claims use `FOR UPDATE SKIP LOCKED` on Postgres so several dispatchers never take the same row;
+on SQLite the `BEGIN IMMEDIATE` transaction serialises writers. Each claim carries a token, so a
+send task only ever touches the rows of its own claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlmodel import Session
+
+from campaigns.models import (
+    PRIORITY_WEIGHT,
+    Campaign,
+    CampaignStatus,
+    Channel,
+    Message,
+    MessageStatus,
+    MnpOverride,
+)
+from gateways.config import GatewaysConfig
+from loa.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+# Seconds of sending that may wait in a gateway's queue: enough to keep binds busy, short enough
+# that pause and cancel act within seconds and memory stays flat whatever the campaign's size.
+BACKLOG_SECONDS = 4.0
+NO_ROUTE = "no_route"
+
+
+@dataclass(frozen=True)
+class Batch:
+    channel: Channel
+    gateway: str
+    campaign_id: str
+    claim: str
+    ids: list[int]
+
+
+@dataclass
+class Router:
+    """Carrier → gateway, with operator MNP overrides and failover to a fallback gateway."""
+
+    gateways: GatewaysConfig
+    is_down: Callable[[str], bool] = lambda _name: False
+
+    def __post_init__(self) -> None:
+        self.table, self.default = self.gateways.route_table()
+        self.fallback = {g.name: g.fallback for g in self.gateways.smpp}
+
+    def route(self, carrier: str | None) -> str | None:
+        name = self.table.get((carrier or "").strip().lower(), self.default)
+        if name is not None and self.is_down(name):
+            fallback = self.fallback.get(name)
+            if fallback is not None and not self.is_down(fallback):
+                return fallback
+        return name
+
+
+def gateway_capacity(gateways: GatewaysConfig, batch_size: int) -> dict[tuple[Channel, str], int]:
+    caps: dict[tuple[Channel, str], int] = {}
+    for g in gateways.smpp:
+        caps[(Channel.SMS, g.name)] = max(2 * batch_size, int(g.tps * BACKLOG_SECONDS))
+    for r in gateways.smtp:
+        caps[(Channel.EMAIL, r.name)] = max(2 * batch_size, int(r.rate * BACKLOG_SECONDS))
+    return caps
+
+
+def inflight(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(Message.gateway, func.count())
+        .where(Message.status == MessageStatus.DISPATCHING.value)  # type: ignore[arg-type]
+        .group_by(Message.gateway)
+    )
+    return {str(g): int(n) for g, n in rows if g}
+
+
+def dispatchable_campaigns(session: Session) -> list[Campaign]:
+    stmt = select(Campaign).where(
+        Campaign.status == CampaignStatus.RUNNING.value,  # type: ignore[arg-type]
+        Campaign.waiting_for_window.is_(False),  # type: ignore[attr-defined]
+    )
+    campaigns = list(session.scalars(stmt))
+    # Weighted round robin: higher priority first, then whoever waited longest for a turn.
+    campaigns.sort(key=lambda c: (-PRIORITY_WEIGHT[c.priority], c.dispatch_turn))
+    return campaigns
+
+
+def claim(
+    session: Session, campaign: Campaign, limit: int, lease_s: int
+) -> tuple[str, list[tuple[int, str, str | None]]]:
+    now = utcnow()
+    token = secrets.token_hex(8)
+    pick = (
+        select(Message.id)
+        .where(
+            Message.campaign_id == campaign.id,  # type: ignore[arg-type]
+            Message.status == MessageStatus.QUEUED.value,  # type: ignore[arg-type]
+            or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),  # type: ignore[union-attr, operator]
+        )
+        .order_by(Message.id)  # type: ignore[arg-type]
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (
+        update(Message)
+        .where(Message.id.in_(pick.scalar_subquery()))  # type: ignore[union-attr]
+        .values(
+            status=MessageStatus.DISPATCHING.value,
+            claim=token,
+            lease_until=now + timedelta(seconds=lease_s),
+            updated_at=now,
+        )
+        .returning(Message.id, Message.to, Message.carrier)  # type: ignore[arg-type]
+    )
+    rows = [(int(i), str(to), carrier) for i, to, carrier in session.execute(stmt)]
+    return token, rows
+
+
+def mnp_overrides(session: Session, org_id: str, numbers: Iterable[str]) -> dict[str, str]:
+    numbers = list(numbers)
+    if not numbers:
+        return {}
+    rows = session.execute(
+        select(MnpOverride.number, MnpOverride.carrier).where(
+            MnpOverride.org_id == org_id,
+            MnpOverride.number.in_(numbers),  # type: ignore[attr-defined]
+        )
+    )
+    return {n: c for n, c in rows}
+
+
+def dispatch_pass(
+    session: Session,
+    gateways: GatewaysConfig,
+    router: Router,
+    *,
+    batch_size: int,
+    lease_s: int,
+) -> list[Batch]:
+    """One round over every dispatchable campaign; returns the batches to enqueue after commit."""
+    caps = gateway_capacity(gateways, batch_size)
+    busy = inflight(session)
+    room = {key: cap - busy.get(key[1], 0) for key, cap in caps.items()}
+    default_relay = gateways.default_relay()
+    batches: list[Batch] = []
+    for campaign in dispatchable_campaigns(session):
+        channel_room = sum(v for (ch, _), v in room.items() if ch is campaign.channel)
+        want = min(PRIORITY_WEIGHT[campaign.priority] * batch_size, channel_room)
+        if want <= 0:
+            continue
+        token, rows = claim(session, campaign, want, lease_s)
+        campaign.dispatch_turn += 1
+        if not rows:
+            continue
+        by_gateway: dict[str | None, list[int]] = defaultdict(list)
+        if campaign.channel is Channel.SMS:
+            overrides = mnp_overrides(session, campaign.org_id, (to for _, to, _ in rows))
+            for mid, to, carrier in rows:
+                by_gateway[router.route(overrides.get(to, carrier))].append(mid)
+        else:
+            by_gateway[default_relay] = [mid for mid, _, _ in rows]
+        for gateway, ids in by_gateway.items():
+            if gateway is None:
+                _fail_unroutable(session, ids)
+                continue
+            session.execute(
+                update(Message).where(Message.id.in_(ids)).values(gateway=gateway)  # type: ignore[union-attr]
+            )
+            room[(campaign.channel, gateway)] = room.get((campaign.channel, gateway), 0) - len(ids)
+            for start in range(0, len(ids), batch_size):
+                batches.append(
+                    Batch(campaign.channel, gateway, campaign.id, token, ids[start : start + batch_size])
+                )
+    return batches
+
+
+def _fail_unroutable(session: Session, ids: list[int]) -> None:
+    session.execute(
+        update(Message)
+        .where(Message.id.in_(ids))  # type: ignore[union-attr]
+        .values(
+            status=MessageStatus.FAILED.value,
+            error_code=NO_ROUTE,
+            error_text="no gateway claims this number's carrier and there is no default gateway",
+            secrets=None,
+            claim=None,
+            updated_at=utcnow(),
+        )
+    )
