@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from accounts.models import ApiKey, AuditEntry, Organisation, Role
 from loa.errors import NotFound
@@ -28,7 +28,7 @@ def generate_key() -> str:
 
 
 def get_or_create_org(session: Session, name: str) -> Organisation:
-    org = session.scalars(select(Organisation).where(Organisation.name == name)).first()
+    org = session.scalars(select(Organisation).where(col(Organisation.name) == name)).first()
     if org is None:
         org = Organisation(name=name)
         session.add(org)
@@ -54,7 +54,7 @@ def create_key(
 
 def ensure_key(session: Session, value: str, org_name: str = DEFAULT_ORG) -> ApiKey:
     """Make sure an admin key with exactly this value exists (LOA_BOOTSTRAP_ADMIN_KEY)."""
-    existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(value))).first()
+    existing = session.scalars(select(ApiKey).where(col(ApiKey.key_hash) == hash_key(value))).first()
     if existing is not None:
         if existing.revoked_at is not None:
             existing.revoked_at = None
@@ -65,7 +65,7 @@ def ensure_key(session: Session, value: str, org_name: str = DEFAULT_ORG) -> Api
 
 def authenticate(session: Session, presented: str) -> ApiKey | None:
     digest = hash_key(presented)
-    record = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    record = session.scalars(select(ApiKey).where(col(ApiKey.key_hash) == digest)).first()
     if record is None or record.revoked_at is not None:
         return None
     # The lookup is by hash already; compare again in constant time for good measure.
@@ -75,9 +75,9 @@ def authenticate(session: Session, presented: str) -> ApiKey | None:
 
 
 def revoke_key(session: Session, key_id: str, org_id: str | None = None) -> ApiKey:
-    stmt = select(ApiKey).where(ApiKey.id == key_id)
+    stmt = select(ApiKey).where(col(ApiKey.id) == key_id)
     if org_id is not None:
-        stmt = stmt.where(ApiKey.org_id == org_id)
+        stmt = stmt.where(col(ApiKey.org_id) == org_id)
     record = session.scalars(stmt).first()
     if record is None:
         raise NotFound(f"key {key_id} not found")
@@ -87,9 +87,9 @@ def revoke_key(session: Session, key_id: str, org_id: str | None = None) -> ApiK
 
 
 def list_keys(session: Session, org_id: str | None = None) -> list[ApiKey]:
-    stmt = select(ApiKey).order_by(ApiKey.created_at)
+    stmt = select(ApiKey).order_by(col(ApiKey.created_at))
     if org_id is not None:
-        stmt = stmt.where(ApiKey.org_id == org_id)
+        stmt = stmt.where(col(ApiKey.org_id) == org_id)
     return list(session.scalars(stmt))
 
 
@@ -100,4 +100,4 @@ def audit(
 
 
 def any_key_exists(session: Session) -> bool:
-    return session.scalars(select(ApiKey.id).limit(1)).first() is not None
+    return session.scalars(select(col(ApiKey.id)).limit(1)).first() is not None

@@ -27,9 +27,18 @@ from workers.runtime import gateways_for
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-              409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
-              429: "too_many_requests"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+}
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -45,8 +54,13 @@ def build_state(settings: Settings) -> AppState:
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
         configure_celery(settings.redis_url)
-    return AppState(settings=settings, engine=make_engine(settings.effective_database_url),
-                    gateways=gateways_for(settings), box=SecretBox(current, old), redis=client)
+    return AppState(
+        settings=settings,
+        engine=make_engine(settings.effective_database_url),
+        gateways=gateways_for(settings),
+        box=SecretBox(current, old),
+        redis=client,
+    )
 
 
 def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
@@ -116,8 +130,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

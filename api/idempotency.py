@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,8 +29,10 @@ class IdempotencyMiddleware(BaseHTTPMiddleware):
         if request.method != "POST" or not key:
             return await call_next(request)
         if len(key) > 200:
-            return JSONResponse({"error": {"code": "validation_error", "message": "Idempotency-Key is longer than 200"}},
-                                status_code=422)
+            return JSONResponse(
+                {"error": {"code": "validation_error", "message": "Idempotency-Key is longer than 200"}},
+                status_code=422,
+            )
         engine = request.app.state.loa.engine
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
         with Session(engine) as session:
@@ -41,17 +43,30 @@ class IdempotencyMiddleware(BaseHTTPMiddleware):
             f"{request.method} {request.url.path} {request.headers.get('content-length', '')}".encode()
         ).hexdigest()
         with Session(engine) as session:
-            session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - KEEP))  # type: ignore[arg-type, operator]
+            session.execute(delete(IdempotencyRecord).where(col(IdempotencyRecord.created_at) < utcnow() - KEEP))
             session.commit()
-            found = session.scalars(select(IdempotencyRecord).where(
-                IdempotencyRecord.org_id == caller.org_id, IdempotencyRecord.key == key)).first()  # type: ignore[arg-type]
+            found = session.scalars(
+                select(IdempotencyRecord).where(
+                    col(IdempotencyRecord.org_id) == caller.org_id, col(IdempotencyRecord.key) == key
+                )
+            ).first()  # type: ignore[arg-type]
         if found is not None:
             if found.request_hash != fingerprint:
-                return JSONResponse({"error": {"code": "idempotency_key_reused",
-                                               "message": "this Idempotency-Key was used for a different request"}},
-                                    status_code=422)
-            return Response(found.body, status_code=found.status_code, media_type="application/json",
-                            headers={"Idempotent-Replay": "true"})
+                return JSONResponse(
+                    {
+                        "error": {
+                            "code": "idempotency_key_reused",
+                            "message": "this Idempotency-Key was used for a different request",
+                        }
+                    },
+                    status_code=422,
+                )
+            return Response(
+                found.body,
+                status_code=found.status_code,
+                media_type="application/json",
+                headers={"Idempotent-Replay": "true"},
+            )
         response = await call_next(request)
         if response.status_code >= 500 or "json" not in response.headers.get("content-type", ""):
             return response
@@ -59,8 +74,15 @@ class IdempotencyMiddleware(BaseHTTPMiddleware):
         body = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks)
         if len(body) <= MAX_BODY:
             with Session(engine) as session:
-                session.add(IdempotencyRecord(org_id=caller.org_id, key=key, request_hash=fingerprint,
-                                              status_code=response.status_code, body=body.decode()))
+                session.add(
+                    IdempotencyRecord(
+                        org_id=caller.org_id,
+                        key=key,
+                        request_hash=fingerprint,
+                        status_code=response.status_code,
+                        body=body.decode(),
+                    )
+                )
                 try:
                     session.commit()
                 except IntegrityError:

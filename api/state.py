@@ -18,4 +18,4 @@ class AppState:
     engine: Engine
     gateways: GatewaysConfig
     box: SecretBox
-    redis: redis.Redis | None
+    redis: redis.Redis[bytes] | None

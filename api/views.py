@@ -89,8 +89,14 @@ def key_view(k: ApiKey) -> dict[str, Any]:
 
 
 def audit_view(a: AuditEntry) -> dict[str, Any]:
-    return {"id": a.id, "at": iso_z(a.at), "key_id": a.key_id, "action": a.action, "target": a.target,
-            "detail": a.detail}
+    return {
+        "id": a.id,
+        "at": iso_z(a.at),
+        "key_id": a.key_id,
+        "action": a.action,
+        "target": a.target,
+        "detail": a.detail,
+    }
 
 
 def encode_cursor(value: Any) -> str:

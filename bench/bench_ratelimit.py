@@ -63,9 +63,7 @@ def _worker(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=60, help="length of the run (default 60)")
     parser.add_argument("--processes", type=int, default=4, help="competing processes (default 4)")
     parser.add_argument("--redis-url", default=DEFAULT_URL)
@@ -83,9 +81,7 @@ def main() -> None:
     start = math.ceil(time.time()) + 2
     end = start + args.seconds
     procs = [
-        ctx.Process(
-            target=_worker, args=(args.redis_url, args.lookahead_ms / 1000, keys, start, end, results)
-        )
+        ctx.Process(target=_worker, args=(args.redis_url, args.lookahead_ms / 1000, keys, start, end, results))
         for _ in range(args.processes)
     ]
     for proc in procs:
@@ -97,9 +93,7 @@ def main() -> None:
     for proc in procs:
         proc.join()
 
-    print(
-        f"{args.processes} processes, {args.seconds} full calendar seconds, lookahead {args.lookahead_ms:g}ms"
-    )
+    print(f"{args.processes} processes, {args.seconds} full calendar seconds, lookahead {args.lookahead_ms:g}ms")
     for key, tps in zip(keys, TPS, strict=True):
         counts = [per_second[key][second] for second in range(start, end)]
         mean = sum(counts) / len(counts)

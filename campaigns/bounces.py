@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import Campaign, Message, MessageEvent, MessageStatus
 from campaigns.recipients import mark_suppressed
@@ -27,9 +27,11 @@ def apply_bounce(session: Session, raw: bytes, *, org_id: str | None = None) -> 
     )
     message: Message | None = None
     if key and key.isdigit():
-        stmt = select(Message).where(Message.id == int(key))  # type: ignore[arg-type]
+        stmt = select(Message).where(col(Message.id) == int(key))
         if org_id is not None:
-            stmt = stmt.join(Campaign, Campaign.id == Message.campaign_id).where(Campaign.org_id == org_id)  # type: ignore[arg-type]
+            stmt = stmt.join(Campaign, col(Campaign.id) == col(Message.campaign_id)).where(
+                col(Campaign.org_id) == org_id
+            )
         message = session.scalars(stmt).first()
     result: dict[str, Any] = {
         "matched": message is not None,
@@ -45,15 +47,13 @@ def apply_bounce(session: Session, raw: bytes, *, org_id: str | None = None) -> 
         "status": bounce.status,
         "diagnostic": (bounce.diagnostic or "")[:300],
     }
-    session.execute(
-        insert(MessageEvent), [{"message_id": message.id, "at": now, "kind": "bounce", "detail": detail}]
-    )
+    session.execute(insert(MessageEvent), [{"message_id": message.id, "at": now, "kind": "bounce", "detail": detail}])
     if bounce.kind is BounceKind.HARD:
         session.execute(
             update(Message)
             .where(
-                Message.id == message.id,
-                Message.status.in_(
+                col(Message.id) == message.id,
+                col(Message.status).in_(
                     [
                         MessageStatus.SENT.value,  # type: ignore[arg-type, attr-defined]
                         MessageStatus.DELIVERED.value,
@@ -69,7 +69,5 @@ def apply_bounce(session: Session, raw: bytes, *, org_id: str | None = None) -> 
         )
         campaign = session.get(Campaign, message.campaign_id)
         if campaign is not None:
-            mark_suppressed(
-                session, campaign.org_id, message.to, f"hard bounce {bounce.status or ''}".strip()
-            )
+            mark_suppressed(session, campaign.org_id, message.to, f"hard bounce {bounce.status or ''}".strip())
     return result

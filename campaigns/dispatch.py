@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import (
     PRIORITY_WEIGHT,
@@ -78,17 +78,17 @@ def gateway_capacity(gateways: GatewaysConfig, batch_size: int) -> dict[tuple[Ch
 
 def inflight(session: Session) -> dict[str, int]:
     rows = session.execute(
-        select(Message.gateway, func.count())
-        .where(Message.status == MessageStatus.DISPATCHING.value)  # type: ignore[arg-type]
-        .group_by(Message.gateway)
+        select(col(Message.gateway), func.count())
+        .where(col(Message.status) == MessageStatus.DISPATCHING.value)
+        .group_by(col(Message.gateway))
     )
     return {str(g): int(n) for g, n in rows if g}
 
 
 def dispatchable_campaigns(session: Session) -> list[Campaign]:
     stmt = select(Campaign).where(
-        Campaign.status == CampaignStatus.RUNNING.value,  # type: ignore[arg-type]
-        Campaign.waiting_for_window.is_(False),  # type: ignore[attr-defined]
+        col(Campaign.status) == CampaignStatus.RUNNING.value,
+        col(Campaign.waiting_for_window).is_(False),
     )
     campaigns = list(session.scalars(stmt))
     # Weighted round robin: higher priority first, then whoever waited longest for a turn.
@@ -102,27 +102,27 @@ def claim(
     now = utcnow()
     token = secrets.token_hex(8)
     pick = (
-        select(Message.id)
+        select(col(Message.id))
         .where(
-            Message.campaign_id == campaign.id,  # type: ignore[arg-type]
-            Message.status == MessageStatus.QUEUED.value,  # type: ignore[arg-type]
-            or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),  # type: ignore[union-attr, operator]
+            col(Message.campaign_id) == campaign.id,
+            col(Message.status) == MessageStatus.QUEUED.value,
+            or_(col(Message.next_attempt_at).is_(None), col(Message.next_attempt_at) <= now),
         )
-        .order_by(Message.id)  # type: ignore[arg-type]
+        .order_by(col(Message.id))
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     stmt = (
         update(Message)
-        .where(Message.id.in_(pick.scalar_subquery()))  # type: ignore[union-attr]
+        .where(col(Message.id).in_(pick.scalar_subquery()))
         .values(
             status=MessageStatus.DISPATCHING.value,
             claim=token,
             lease_until=now + timedelta(seconds=lease_s),
             updated_at=now,
         )
-        .returning(Message.id, Message.to, Message.carrier)  # type: ignore[arg-type]
+        .returning(col(Message.id), col(Message.to), col(Message.carrier))
     )
     rows = [(int(i), str(to), carrier) for i, to, carrier in session.execute(stmt)]
     return token, rows
@@ -133,12 +133,12 @@ def mnp_overrides(session: Session, org_id: str, numbers: Iterable[str]) -> dict
     if not numbers:
         return {}
     rows = session.execute(
-        select(MnpOverride.number, MnpOverride.carrier).where(
-            MnpOverride.org_id == org_id,
-            MnpOverride.number.in_(numbers),  # type: ignore[attr-defined]
+        select(col(MnpOverride.number), col(MnpOverride.carrier)).where(
+            col(MnpOverride.org_id) == org_id,
+            col(MnpOverride.number).in_(numbers),
         )
     )
-    return {n: c for n, c in rows}
+    return dict(rows.tuples().all())
 
 
 def dispatch_pass(
@@ -175,21 +175,17 @@ def dispatch_pass(
             if gateway is None:
                 _fail_unroutable(session, ids)
                 continue
-            session.execute(
-                update(Message).where(Message.id.in_(ids)).values(gateway=gateway)  # type: ignore[union-attr]
-            )
+            session.execute(update(Message).where(col(Message.id).in_(ids)).values(gateway=gateway))
             room[(campaign.channel, gateway)] = room.get((campaign.channel, gateway), 0) - len(ids)
             for start in range(0, len(ids), batch_size):
-                batches.append(
-                    Batch(campaign.channel, gateway, campaign.id, token, ids[start : start + batch_size])
-                )
+                batches.append(Batch(campaign.channel, gateway, campaign.id, token, ids[start : start + batch_size]))
     return batches
 
 
 def _fail_unroutable(session: Session, ids: list[int]) -> None:
     session.execute(
         update(Message)
-        .where(Message.id.in_(ids))  # type: ignore[union-attr]
+        .where(col(Message.id).in_(ids))
         .values(
             status=MessageStatus.FAILED.value,
             error_code=NO_ROUTE,

@@ -95,9 +95,7 @@ class Campaign(SQLModel, table=True):
     org_id: str = Field(foreign_key="organisation.id", index=True, max_length=40)
     name: str = Field(max_length=200)
     channel: Channel = Field(sa_column=enum_column(Channel))
-    status: CampaignStatus = Field(
-        default=CampaignStatus.DRAFT, sa_column=enum_column(CampaignStatus, "draft")
-    )
+    status: CampaignStatus = Field(default=CampaignStatus.DRAFT, sa_column=enum_column(CampaignStatus, "draft"))
     sender: str = Field(max_length=320)
     template: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     encoding: str = Field(default="auto", max_length=20)
@@ -150,9 +148,7 @@ class Message(SQLModel, table=True):
     to: str = Field(max_length=320)
     carrier: str | None = Field(default=None, max_length=40)
     gateway: str | None = Field(default=None, max_length=64)
-    status: MessageStatus = Field(
-        default=MessageStatus.QUEUED, sa_column=enum_column(MessageStatus, "queued")
-    )
+    status: MessageStatus = Field(default=MessageStatus.QUEUED, sa_column=enum_column(MessageStatus, "queued"))
     fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # AES-GCM token of the secret fields (JSON); deleted once the message is final.
     secrets: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import Campaign, Message, MessageEvent, MessageStatus, ReceiptInbox, Reply, SmsSegment
 from campaigns.recipients import mark_suppressed
@@ -102,10 +102,10 @@ def _store_reply(session: Session, gateway: str, d: IncomingDeliver, opt_out: Se
             text = d.short_message.decode("latin-1")
     source = "+" + d.source_addr.lstrip("+")
     last = session.execute(
-        select(Message.campaign_id, Campaign.org_id)
-        .join(Campaign, Campaign.id == Message.campaign_id)  # type: ignore[arg-type]
-        .where(Message.to == source)  # type: ignore[arg-type]
-        .order_by(Message.id.desc())  # type: ignore[union-attr]
+        select(col(Message.campaign_id), col(Campaign.org_id))
+        .join(Campaign, col(Campaign.id) == col(Message.campaign_id))
+        .where(col(Message.to) == source)
+        .order_by(col(Message.id).desc())
         .limit(1)
     ).first()
     keyword = " ".join(text.upper().split())
@@ -127,7 +127,7 @@ def _store_reply(session: Session, gateway: str, d: IncomingDeliver, opt_out: Se
 def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -> tuple[int, int]:
     """Apply up to `limit` inbox receipts; returns (applied, still parked)."""
     # Fresh receipts first: parked ones (id not known yet) sink as their attempts grow.
-    stmt = select(ReceiptInbox).order_by(ReceiptInbox.attempts, ReceiptInbox.id).limit(limit)  # type: ignore[arg-type]
+    stmt = select(ReceiptInbox).order_by(col(ReceiptInbox.attempts), col(ReceiptInbox.id)).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     receipts = list(session.scalars(stmt))
@@ -143,7 +143,7 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
     segments: dict[tuple[str, str], SmsSegment] = {}
     for gateway, ids in wanted.items():
         for seg in session.scalars(
-            select(SmsSegment).where(SmsSegment.gateway == gateway, SmsSegment.provider_id.in_(ids))  # type: ignore[attr-defined]
+            select(SmsSegment).where(col(SmsSegment.gateway) == gateway, col(SmsSegment.provider_id).in_(ids))
         ):
             segments[(gateway, seg.provider_id)] = seg
     now = utcnow()
@@ -153,40 +153,40 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
     events: list[dict[str, Any]] = []
     for r in receipts:
         assert r.id is not None
-        seg = next((segments[(r.gateway, c)] for c in candidates[r.id] if (r.gateway, c) in segments), None)
-        if seg is None:
+        found = next((segments[(r.gateway, c)] for c in candidates[r.id] if (r.gateway, c) in segments), None)
+        if found is None:
             parked.append(r.id)
             continue
         done.append(r.id)
         state = ReceiptState(r.state)
         events.append(
             {
-                "message_id": seg.message_id,
+                "message_id": found.message_id,
                 "at": now,
                 "kind": "receipt",
                 "detail": {
                     "stat": r.raw_stat,
                     "err": r.err,
-                    "segment": seg.seq,
-                    "provider_id": seg.provider_id,
+                    "segment": found.seq,
+                    "provider_id": found.provider_id,
                 },
             }
         )
-        if is_final(state) and seg.status is None:  # status only moves forward; duplicates change nothing
-            seg.status = message_status_for(state)
+        if is_final(state) and found.status is None:  # status only moves forward; duplicates change nothing
+            found.status = message_status_for(state)
             if r.err and state is not ReceiptState.DELIVERED:
-                seg.status += f":{r.err}"
-            touched.add(seg.message_id)
+                found.status += f":{r.err}"
+            touched.add(found.message_id)
     session.flush()
     if touched:
         _finish_messages(session, touched, now)
     if events:
         session.execute(insert(MessageEvent), events)
     if done:
-        session.execute(delete(ReceiptInbox).where(ReceiptInbox.id.in_(done)))  # type: ignore[union-attr]
+        session.execute(delete(ReceiptInbox).where(col(ReceiptInbox.id).in_(done)))
     if parked:
         session.execute(
-            update(ReceiptInbox).where(ReceiptInbox.id.in_(parked)).values(attempts=ReceiptInbox.attempts + 1)  # type: ignore[union-attr]
+            update(ReceiptInbox).where(col(ReceiptInbox.id).in_(parked)).values(attempts=col(ReceiptInbox.attempts) + 1)
         )
     return len(done), len(parked)
 
@@ -194,12 +194,15 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
 def _finish_messages(session: Session, message_ids: set[int], now: Any) -> None:
     by_message: dict[int, list[str | None]] = defaultdict(list)
     for mid, status in session.execute(
-        select(SmsSegment.message_id, SmsSegment.status).where(SmsSegment.message_id.in_(message_ids))  # type: ignore[attr-defined]
+        select(col(SmsSegment.message_id), col(SmsSegment.status)).where(col(SmsSegment.message_id).in_(message_ids))
     ):
         by_message[int(mid)].append(status)
-    expected = dict(
-        session.execute(select(Message.id, Message.segments).where(Message.id.in_(message_ids))).all()  # type: ignore[union-attr]
-    )
+    expected = {
+        int(mid): int(n)
+        for mid, n in session.execute(
+            select(col(Message.id), col(Message.segments)).where(col(Message.id).in_(message_ids))
+        )
+    }
     for mid, statuses in by_message.items():
         if len(statuses) < int(expected.get(mid, 1)) or any(s is None for s in statuses):
             continue  # a segment is still waiting for its receipt
@@ -214,8 +217,8 @@ def _finish_messages(session: Session, message_ids: set[int], now: Any) -> None:
         session.execute(
             update(Message)
             .where(
-                Message.id == mid,
-                Message.status.in_(
+                col(Message.id) == mid,
+                col(Message.status).in_(
                     [
                         MessageStatus.SENT.value,
                         MessageStatus.DISPATCHING.value,  # type: ignore[arg-type, attr-defined]
@@ -230,7 +233,7 @@ def _finish_messages(session: Session, message_ids: set[int], now: Any) -> None:
 def parked_report(session: Session) -> list[dict[str, Any]]:
     """Receipts parked longer than 7 days: ids no submit of ours ever carried."""
     cutoff = utcnow() - PARKED_REPORT_AFTER
-    rows = session.scalars(select(ReceiptInbox).where(ReceiptInbox.received_at < cutoff).limit(1000))  # type: ignore[arg-type]
+    rows = session.scalars(select(ReceiptInbox).where(col(ReceiptInbox.received_at) < cutoff).limit(1000))
     return [
         {"gateway": r.gateway, "provider_id": r.provider_id, "state": r.state, "received_at": r.received_at}
         for r in rows

@@ -14,7 +14,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import Campaign, Channel, Message, MessageStatus, Suppression, Upload
 from campaigns.phones import PhoneError, normalise_with_carrier
@@ -22,6 +22,7 @@ from campaigns.tabular import Row, TableReader
 from campaigns.templates import TemplateError, check_template
 from gateways.smpp.codec import strip_diacritics, unencodable_gsm7
 from loa.crypto import SecretBox
+from loa.db import table_of
 from loa.errors import Invalid
 from loa.timeutil import utcnow
 
@@ -122,9 +123,7 @@ def _cell(value: Any) -> str:
 class RecipientImporter:
     """Imports rows into one campaign inside the caller's transaction."""
 
-    def __init__(
-        self, session: Session, campaign: Campaign, box: SecretBox, filename: str | None = None
-    ) -> None:
+    def __init__(self, session: Session, campaign: Campaign, box: SecretBox, filename: str | None = None) -> None:
         self.session = session
         self.campaign = campaign
         self.box = box
@@ -144,9 +143,7 @@ class RecipientImporter:
         try:
             check_template(self.campaign.template, set(known) | set(self.campaign.secret_fields))
         except TemplateError as exc:
-            raise Invalid(
-                str(exc), {"part": exc.part, "line": exc.line}, code="unknown_placeholder"
-            ) from None
+            raise Invalid(str(exc), {"part": exc.part, "line": exc.line}, code="unknown_placeholder") from None
         self.campaign.fields = [c for c in known if c not in self.campaign.secret_fields]
         chunk: list[dict[str, Any]] = []
         for row in rows:
@@ -202,9 +199,7 @@ class RecipientImporter:
             "carrier": carrier,
             "status": status.value,
             "fields": plain,
-            "secrets": self.box.encrypt_fields(secrets, secret_aad(self.campaign.org_id, to))
-            if secrets
-            else None,
+            "secrets": self.box.encrypt_fields(secrets, secret_aad(self.campaign.org_id, to)) if secrets else None,
             "segments": 1,
             "attempts": 0,
             "ambiguous_resends": 0,
@@ -213,9 +208,7 @@ class RecipientImporter:
             "updated_at": utcnow(),
         }
 
-    def _unencodable(
-        self, plain: Mapping[str, Any], secrets: Mapping[str, str]
-    ) -> tuple[str, list[str]] | None:
+    def _unencodable(self, plain: Mapping[str, Any], secrets: Mapping[str, str]) -> tuple[str, list[str]] | None:
         for name, value in {**plain, **secrets}.items():
             text = str(value)
             if self.campaign.encoding == "strip_diacritics":
@@ -238,7 +231,7 @@ class RecipientImporter:
 def insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> list[str]:
     """Bulk insert; rows whose (campaign_id, to) already exists are skipped. Returns inserted `to`s."""
     dialect = session.get_bind().dialect.name
-    table = Message.__table__  # type: ignore[attr-defined]
+    table = table_of(Message)
     stmt: Any
     if dialect == "postgresql":
         stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=["campaign_id", "to"])
@@ -264,18 +257,18 @@ class _Suppressed:
 
     def __init__(self, session: Session, org_id: str) -> None:
         self.session, self.org_id = session, org_id
-        count = session.scalar(select(func.count()).where(Suppression.org_id == org_id)) or 0
+        count = session.scalar(select(func.count()).where(col(Suppression.org_id) == org_id)) or 0
         self._all: set[str] | None = None
         if count <= self.LOAD_LIMIT:
-            self._all = set(session.scalars(select(Suppression.address).where(Suppression.org_id == org_id)))
+            self._all = set(session.scalars(select(col(Suppression.address)).where(col(Suppression.org_id) == org_id)))
 
     def __contains__(self, address: object) -> bool:
         if self._all is not None:
             return address in self._all
         return (
             self.session.scalar(
-                select(Suppression.id).where(
-                    Suppression.org_id == self.org_id, Suppression.address == address
+                select(col(Suppression.id)).where(
+                    col(Suppression.org_id) == self.org_id, col(Suppression.address) == address
                 )
             )
             is not None
@@ -318,16 +311,16 @@ def mark_suppressed(session: Session, org_id: str, address: str, reason: str) ->
     dialect = session.get_bind().dialect.name
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(
-        ins(Suppression.__table__)  # type: ignore[attr-defined]
+        ins(table_of(Suppression))
         .values(org_id=org_id, address=address, reason=reason[:200], created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["org_id", "address"])
     )
     session.execute(
         update(Message)
         .where(
-            Message.to == address,  # type: ignore[arg-type]
-            Message.status == MessageStatus.QUEUED.value,  # type: ignore[arg-type]
-            Message.campaign_id.in_(select(Campaign.id).where(Campaign.org_id == org_id)),  # type: ignore[attr-defined]
+            col(Message.to) == address,
+            col(Message.status) == MessageStatus.QUEUED.value,
+            col(Message.campaign_id).in_(select(col(Campaign.id)).where(col(Campaign.org_id) == org_id)),
         )
         .values(status=MessageStatus.SUPPRESSED.value, secrets=None, updated_at=utcnow())
     )

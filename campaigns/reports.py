@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import Campaign, Message
 from loa.timeutil import iso_z
@@ -51,32 +51,30 @@ def report_rows(engine: Engine, campaign: Campaign) -> Iterator[list[Any]]:
             page = list(
                 session.execute(
                     select(
-                        Message.id,
-                        Message.upload_id,
-                        Message.row,
-                        Message.to,
-                        Message.status,
-                        Message.gateway,
-                        Message.carrier,
-                        Message.segments,
-                        Message.provider_ids,
-                        Message.error_code,
-                        Message.error_text,
-                        Message.submitted_at,
-                        Message.delivered_at,
-                        Message.fields,
+                        col(Message.id),
+                        col(Message.upload_id),
+                        col(Message.row),
+                        col(Message.to),
+                        col(Message.status),
+                        col(Message.gateway),
+                        col(Message.carrier),
+                        col(Message.segments),
+                        col(Message.provider_ids),
+                        col(Message.error_code),
+                        col(Message.error_text),
+                        col(Message.submitted_at),
+                        col(Message.delivered_at),
+                        col(Message.fields),
                     )
-                    .where(Message.campaign_id == campaign.id, Message.id > last)  # type: ignore[arg-type, operator]
-                    .order_by(Message.id)  # type: ignore[arg-type]
+                    .where(col(Message.campaign_id) == campaign.id, col(Message.id) > last)
+                    .order_by(col(Message.id))
                     .limit(PAGE)
                 )
             )
         if not page:
             return
         for r in page:
-            error = (
-                f"{r.error_code}: {r.error_text}" if r.error_code and r.error_text else (r.error_code or "")
-            )
+            error = f"{r.error_code}: {r.error_text}" if r.error_code and r.error_text else (r.error_code or "")
             values = r.fields or {}
             yield [
                 r.upload_id or "",

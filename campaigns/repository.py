@@ -6,14 +6,14 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import Campaign, Message, MessageStatus
 from loa.errors import NotFound
 
 
 def get_campaign(session: Session, org_id: str, campaign_id: str, *, for_update: bool = False) -> Campaign:
-    stmt = select(Campaign).where(Campaign.id == campaign_id, Campaign.org_id == org_id)
+    stmt = select(Campaign).where(col(Campaign.id) == campaign_id, col(Campaign.org_id) == org_id)
     if for_update:
         stmt = stmt.with_for_update()
     campaign = session.scalars(stmt).first()
@@ -30,9 +30,9 @@ def empty_counts() -> dict[str, int]:
 def status_counts(session: Session, campaign_id: str) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """Counts by status, overall and per gateway (one grouped query on an indexed column pair)."""
     rows = session.execute(
-        select(Message.gateway, Message.status, func.count())
-        .where(Message.campaign_id == campaign_id)
-        .group_by(Message.gateway, Message.status)
+        select(col(Message.gateway), col(Message.status), func.count())
+        .where(col(Message.campaign_id) == campaign_id)
+        .group_by(col(Message.gateway), col(Message.status))
     ).all()
     overall = empty_counts()
     by_gateway: dict[str, dict[str, int]] = defaultdict(empty_counts)
@@ -48,16 +48,16 @@ def status_counts(session: Session, campaign_id: str) -> tuple[dict[str, int], d
 def campaign_stats(session: Session, campaign_id: str) -> dict[str, Any]:
     totals = session.execute(
         select(
-            func.coalesce(func.sum(Message.segments), 0),
-            func.coalesce(func.sum(Message.ambiguous_resends), 0),
-            func.count().filter(Message.no_receipt.is_(True)),  # type: ignore[attr-defined]
-        ).where(Message.campaign_id == campaign_id)
+            func.coalesce(func.sum(col(Message.segments)), 0),
+            func.coalesce(func.sum(col(Message.ambiguous_resends)), 0),
+            func.count().filter(col(Message.no_receipt).is_(True)),
+        ).where(col(Message.campaign_id) == campaign_id)
     ).one()
     by_carrier: dict[str, dict[str, int]] = defaultdict(empty_counts)
     for carrier, status, count in session.execute(
-        select(Message.carrier, Message.status, func.count())
-        .where(Message.campaign_id == campaign_id)
-        .group_by(Message.carrier, Message.status)
+        select(col(Message.carrier), col(Message.status), func.count())
+        .where(col(Message.campaign_id) == campaign_id)
+        .group_by(col(Message.carrier), col(Message.status))
     ):
         key = carrier or "unknown"
         by_carrier[key][str(status)] += count
@@ -65,9 +65,9 @@ def campaign_stats(session: Session, campaign_id: str) -> dict[str, Any]:
     by_error = {
         str(code): count
         for code, count in session.execute(
-            select(Message.error_code, func.count())
-            .where(Message.campaign_id == campaign_id, Message.error_code.is_not(None))  # type: ignore[union-attr]
-            .group_by(Message.error_code)
+            select(col(Message.error_code), func.count())
+            .where(col(Message.campaign_id) == campaign_id, col(Message.error_code).is_not(None))
+            .group_by(col(Message.error_code))
         )
     }
     return {
@@ -80,4 +80,4 @@ def campaign_stats(session: Session, campaign_id: str) -> dict[str, Any]:
 
 
 def count_messages(session: Session, campaign_id: str) -> int:
-    return int(session.scalar(select(func.count()).where(Message.campaign_id == campaign_id)) or 0)
+    return int(session.scalar(select(func.count()).where(col(Message.campaign_id) == campaign_id)) or 0)

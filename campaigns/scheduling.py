@@ -8,7 +8,7 @@ import logging
 from datetime import timedelta
 
 from sqlalchemy import and_, exists, func, or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import Campaign, CampaignStatus, Channel, Message, MessageStatus
 from campaigns.windows import in_window
@@ -24,8 +24,8 @@ def start_due(session: Session) -> int:
     result = session.execute(
         update(Campaign)
         .where(
-            Campaign.status == CampaignStatus.SCHEDULED.value,  # type: ignore[arg-type]
-            or_(Campaign.start_at.is_(None), Campaign.start_at <= now),  # type: ignore[union-attr, operator]
+            col(Campaign.status) == CampaignStatus.SCHEDULED.value,
+            or_(col(Campaign.start_at).is_(None), col(Campaign.start_at) <= now),
         )
         .values(status=CampaignStatus.RUNNING.value, updated_at=now)
     )
@@ -35,7 +35,7 @@ def start_due(session: Session) -> int:
 def update_windows(session: Session) -> None:
     now = utcnow()
     for campaign in session.scalars(
-        select(Campaign).where(Campaign.status == CampaignStatus.RUNNING.value, Campaign.window.is_not(None))  # type: ignore[arg-type, union-attr]
+        select(Campaign).where(col(Campaign.status) == CampaignStatus.RUNNING.value, col(Campaign.window).is_not(None))
     ):
         waiting = not in_window(campaign.window, now)
         if waiting != campaign.waiting_for_window:
@@ -51,10 +51,10 @@ def update_windows(session: Session) -> None:
 
 def expire_past_deadline(session: Session) -> int:
     now = utcnow()
-    overdue = select(Campaign.id).where(Campaign.status.in_(ACTIVE), Campaign.deadline < now)  # type: ignore[attr-defined, operator]
+    overdue = select(col(Campaign.id)).where(col(Campaign.status).in_(ACTIVE), col(Campaign.deadline) < now)
     result = session.execute(
         update(Message)
-        .where(Message.campaign_id.in_(overdue), Message.status == MessageStatus.QUEUED.value)  # type: ignore[attr-defined, arg-type]
+        .where(col(Message.campaign_id).in_(overdue), col(Message.status) == MessageStatus.QUEUED.value)
         .values(
             status=MessageStatus.EXPIRED.value,
             error_code="deadline",
@@ -73,12 +73,12 @@ def sweep_expired_leases(session: Session) -> int:
     now = utcnow()
     result = session.execute(
         update(Message)
-        .where(Message.status == MessageStatus.DISPATCHING.value, Message.lease_until < now)  # type: ignore[arg-type, operator]
+        .where(col(Message.status) == MessageStatus.DISPATCHING.value, col(Message.lease_until) < now)
         .values(
             status=MessageStatus.QUEUED.value,
             claim=None,
             lease_until=None,
-            ambiguous_resends=Message.ambiguous_resends + 1,
+            ambiguous_resends=col(Message.ambiguous_resends) + 1,
             updated_at=now,
         ),
         execution_options={"synchronize_session": False},
@@ -93,12 +93,12 @@ def complete_finished(session: Session, receipt_timeout: timedelta) -> list[str]
     """Running campaigns with nothing pending (and no SMS awaiting a receipt) become completed."""
     now = utcnow()
     done: list[str] = []
-    for campaign in session.scalars(select(Campaign).where(Campaign.status == CampaignStatus.RUNNING.value)):  # type: ignore[arg-type]
+    for campaign in session.scalars(select(Campaign).where(col(Campaign.status) == CampaignStatus.RUNNING.value)):
         pending = session.scalar(
             select(
                 exists().where(
-                    Message.campaign_id == campaign.id,  # type: ignore[arg-type]
-                    Message.status.in_([MessageStatus.QUEUED.value, MessageStatus.DISPATCHING.value]),  # type: ignore[attr-defined]
+                    col(Message.campaign_id) == campaign.id,
+                    col(Message.status).in_([MessageStatus.QUEUED.value, MessageStatus.DISPATCHING.value]),
                 )
             )
         )
@@ -106,11 +106,11 @@ def complete_finished(session: Session, receipt_timeout: timedelta) -> list[str]
             continue
         if campaign.channel is Channel.SMS:
             waiting_receipt = and_(
-                Message.campaign_id == campaign.id,  # type: ignore[arg-type]
-                Message.status == MessageStatus.SENT.value,  # type: ignore[arg-type]
+                col(Message.campaign_id) == campaign.id,
+                col(Message.status) == MessageStatus.SENT.value,
             )
             young = session.scalar(
-                select(func.count()).where(waiting_receipt, Message.submitted_at > now - receipt_timeout)  # type: ignore[operator]
+                select(func.count()).where(waiting_receipt, col(Message.submitted_at) > now - receipt_timeout)
             )
             if young:
                 continue
@@ -132,12 +132,12 @@ def purge_retention(session: Session, retention_days: int) -> int:
     ended = [CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value, CampaignStatus.FAILED.value]
     purged = 0
     for campaign in session.scalars(
-        select(Campaign).where(Campaign.status.in_(ended), Campaign.finished_at < cutoff)  # type: ignore[attr-defined, operator]
+        select(Campaign).where(col(Campaign.status).in_(ended), col(Campaign.finished_at) < cutoff)
     ):
         if campaign.options.get("purged_at"):
             continue
         result = session.execute(
-            update(Message).where(Message.campaign_id == campaign.id).values(fields={}, secrets=None),  # type: ignore[arg-type]
+            update(Message).where(col(Message.campaign_id) == campaign.id).values(fields={}, secrets=None),
             execution_options={"synchronize_session": False},
         )
         campaign.options = {**campaign.options, "purged_at": utcnow().isoformat()}

@@ -14,9 +14,7 @@ from campaigns.models import Channel, Priority
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
 _ALNUM_SENDER = re.compile(r"^[A-Za-z0-9 ._&-]{1,11}$")
 _NUMERIC_SENDER = re.compile(r"^\+?[0-9]{3,15}$")
-_EMAIL_SENDER = re.compile(
-    r"^(?:(?P<name>[^<>]*?)\s*<(?P<addr>[^<>\s]+@[^<>\s]+)>|(?P<bare>[^<>\s]+@[^<>\s]+))$"
-)
+_EMAIL_SENDER = re.compile(r"^(?:(?P<name>[^<>]*?)\s*<(?P<addr>[^<>\s]+@[^<>\s]+)>|(?P<bare>[^<>\s]+@[^<>\s]+))$")
 
 
 class _In(BaseModel):
@@ -136,9 +134,7 @@ def validate_channel_fields(channel: Channel, sender: str, template: TemplateIn)
         if not template.body:
             raise ValueError("template.body is required for SMS")
         if not (_ALNUM_SENDER.match(sender) and not sender.isdigit()) and not _NUMERIC_SENDER.match(sender):
-            raise ValueError(
-                "sender must be alphanumeric of at most 11 characters, or a numeric short code or MSISDN"
-            )
+            raise ValueError("sender must be alphanumeric of at most 11 characters, or a numeric short code or MSISDN")
     else:
         if not template.subject:
             raise ValueError("template.subject is required for email")

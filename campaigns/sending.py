@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus, SmsSegment
 from campaigns.recipients import secret_aad
@@ -58,18 +58,18 @@ class Outcome:
     suppress: bool = False
 
 
-def load_batch(
-    session: Session, box: SecretBox, campaign_id: str, ids: Sequence[int], claim: str
-) -> LoadedBatch:
+def load_batch(session: Session, box: SecretBox, campaign_id: str, ids: Sequence[int], claim: str) -> LoadedBatch:
     campaign = session.get(Campaign, campaign_id)
     if campaign is None or campaign.status is not CampaignStatus.RUNNING or campaign.waiting_for_window:
         release(session, ids, claim)
         return LoadedBatch(campaign=None)
     rows = session.execute(
-        select(Message.id, Message.to, Message.fields, Message.secrets, Message.attempts).where(
-            Message.id.in_(ids),  # type: ignore[union-attr]
-            Message.claim == claim,  # type: ignore[arg-type]
-            Message.status == MessageStatus.DISPATCHING.value,  # type: ignore[arg-type]
+        select(
+            col(Message.id), col(Message.to), col(Message.fields), col(Message.secrets), col(Message.attempts)
+        ).where(
+            col(Message.id).in_(ids),
+            col(Message.claim) == claim,
+            col(Message.status) == MessageStatus.DISPATCHING.value,
         )
     ).all()
     batch = LoadedBatch(campaign=campaign, validity=_validity(campaign))
@@ -85,9 +85,7 @@ def load_batch(
         try:
             rendered = render(campaign.template, values)
         except Exception as exc:  # a template error names the field, never a value
-            failures.append(
-                Outcome(mid, "failed", "template_error", type(exc).__name__ + ": " + str(exc)[:200])
-            )
+            failures.append(Outcome(mid, "failed", "template_error", type(exc).__name__ + ": " + str(exc)[:200]))
             continue
         batch.messages.append(LoadedMessage(int(mid), str(to), int(attempts), rendered))
     if failures:
@@ -105,9 +103,9 @@ def release(session: Session, ids: Iterable[int], claim: str) -> None:
     session.execute(
         update(Message)
         .where(
-            Message.id.in_(list(ids)),  # type: ignore[union-attr]
-            Message.claim == claim,  # type: ignore[arg-type]
-            Message.status == MessageStatus.DISPATCHING.value,  # type: ignore[arg-type]
+            col(Message.id).in_(list(ids)),
+            col(Message.claim) == claim,
+            col(Message.status) == MessageStatus.DISPATCHING.value,
         )
         .values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None)
     )
@@ -134,11 +132,11 @@ def record(
     events: list[dict[str, Any]] = []
     segments: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    attempts = dict(
-        session.execute(
-            select(Message.id, Message.attempts).where(Message.id.in_([o.message_id for o in outcomes]))  # type: ignore[union-attr]
-        ).all()
-    )
+    ids = [o.message_id for o in outcomes]
+    attempts = {
+        int(mid): int(n)
+        for mid, n in session.execute(select(col(Message.id), col(Message.attempts)).where(col(Message.id).in_(ids)))
+    }
     for o in outcomes:
         tried = int(attempts.get(o.message_id, 0)) + (0 if o.kind == "not_sent" else 1)
         values: dict[str, Any] = {"updated_at": now, "claim": None, "lease_until": None, "attempts": tried}
@@ -177,14 +175,12 @@ def record(
             values |= {
                 "status": MessageStatus.QUEUED.value,
                 "next_attempt_at": None,
-                "ambiguous_resends": Message.ambiguous_resends + 1,
+                "ambiguous_resends": col(Message.ambiguous_resends) + 1,
             }
         else:  # not_sent: back to the queue, no attempt used
             values |= {"status": MessageStatus.QUEUED.value}
         result = session.execute(
-            update(Message)
-            .where(Message.id == o.message_id, Message.status.in_(allowed))  # type: ignore[arg-type, attr-defined]
-            .values(**values)
+            update(Message).where(col(Message.id) == o.message_id, col(Message.status).in_(allowed)).values(**values)
         )
         if not result.rowcount:  # type: ignore[attr-defined]
             continue

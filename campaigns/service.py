@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from accounts.models import ApiKey, Organisation
 from accounts.service import audit
@@ -19,7 +19,6 @@ from campaigns.templates import TemplateError, check_template
 from gateways.smpp.codec import EncodingPolicy, UnencodableError, prepare
 from loa.errors import Conflict, Invalid
 from loa.timeutil import to_utc, utcnow
-
 
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 
@@ -112,8 +111,8 @@ def delete_campaign(session: Session, campaign: Campaign) -> None:
             {"status": campaign.status.value},
             code="invalid_transition",
         )
-    session.execute(delete(Message).where(Message.campaign_id == campaign.id))  # type: ignore[arg-type]
-    session.execute(delete(Upload).where(Upload.campaign_id == campaign.id))  # type: ignore[arg-type]
+    session.execute(delete(Message).where(col(Message.campaign_id) == campaign.id))
+    session.execute(delete(Upload).where(col(Upload.campaign_id) == campaign.id))
     session.delete(campaign)
 
 
@@ -149,10 +148,15 @@ def clone_campaign(session: Session, campaign: Campaign, key: ApiKey, data: Clon
     session.flush()
     if data.recipients != "none":
         src = select(
-            Message.to, Message.carrier, Message.fields, Message.secrets, Message.row, Message.segments
-        ).where(Message.campaign_id == campaign.id)
+            col(Message.to),
+            col(Message.carrier),
+            col(Message.fields),
+            col(Message.secrets),
+            col(Message.row),
+            col(Message.segments),
+        ).where(col(Message.campaign_id) == campaign.id)
         if data.recipients == "undelivered":
-            src = src.where(Message.status.in_([s.value for s in UNDELIVERED]))  # type: ignore[attr-defined]
+            src = src.where(col(Message.status).in_([s.value for s in UNDELIVERED]))
         # Secrets are bound to their campaign (AEAD associated data), so they are re-encrypted by
         # the recipients module rather than copied; here we only copy non-secret data.
         from campaigns.recipients import copy_messages
@@ -191,8 +195,8 @@ def transition(session: Session, campaign: Campaign, action: Action, key: ApiKey
         session.execute(
             update(Message)
             .where(
-                Message.campaign_id == campaign.id,  # type: ignore[arg-type]
-                Message.status.in_([MessageStatus.QUEUED.value, MessageStatus.DISPATCHING.value]),  # type: ignore[attr-defined]
+                col(Message.campaign_id) == campaign.id,
+                col(Message.status).in_([MessageStatus.QUEUED.value, MessageStatus.DISPATCHING.value]),
             )
             .values(status=MessageStatus.CANCELLED.value, secrets=None, claim=None, updated_at=utcnow())
         )
@@ -200,7 +204,7 @@ def transition(session: Session, campaign: Campaign, action: Action, key: ApiKey
         # Batches already handed to a send worker see the pause and give their rows back.
         session.execute(
             update(Message)
-            .where(Message.campaign_id == campaign.id, Message.status == MessageStatus.DISPATCHING.value)  # type: ignore[arg-type]
+            .where(col(Message.campaign_id) == campaign.id, col(Message.status) == MessageStatus.DISPATCHING.value)
             .values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None)
         )
     if key is not None:
@@ -219,7 +223,7 @@ def launch(session: Session, org: Organisation, campaign: Campaign, key: ApiKey)
     pending = int(
         session.scalar(
             select(func.count()).where(
-                Message.campaign_id == campaign.id, Message.status == MessageStatus.QUEUED.value
+                col(Message.campaign_id) == campaign.id, col(Message.status) == MessageStatus.QUEUED.value
             )
         )
         or 0
@@ -253,9 +257,7 @@ def launch(session: Session, org: Organisation, campaign: Campaign, key: ApiKey)
 
 def approve(session: Session, campaign: Campaign, key: ApiKey) -> Campaign:
     if campaign.status is not CampaignStatus.DRAFT:
-        raise Conflict(
-            f"only drafts can be approved; campaign is {campaign.status.value}", code="invalid_transition"
-        )
+        raise Conflict(f"only drafts can be approved; campaign is {campaign.status.value}", code="invalid_transition")
     if key.id == campaign.created_by:
         raise Conflict("the key that created the campaign cannot approve it", code="four_eyes")
     campaign.approved_by = key.id
@@ -269,8 +271,8 @@ def _messages_launched_today(session: Session, org_id: str) -> int:
         session.scalar(
             select(func.count())
             .select_from(Message)
-            .join(Campaign, Campaign.id == Message.campaign_id)  # type: ignore[arg-type]
-            .where(Campaign.org_id == org_id, Campaign.launched_at >= since)  # type: ignore[operator]
+            .join(Campaign, col(Campaign.id) == col(Message.campaign_id))
+            .where(col(Campaign.org_id) == org_id, col(Campaign.launched_at) >= since)
         )
         or 0
     )

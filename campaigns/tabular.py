@@ -44,9 +44,7 @@ _UTF16_BOMS: Final = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 _CSV_EXTENSIONS: Final = frozenset({".csv", ".txt", ".tsv"})
 _XLSX_EXTENSIONS: Final = frozenset({".xlsx", ".xlsm"})
-_CSV_TYPES: Final = frozenset(
-    {"text/csv", "text/plain", "application/csv", "text/tab-separated-values", "text/x-csv"}
-)
+_CSV_TYPES: Final = frozenset({"text/csv", "text/plain", "application/csv", "text/tab-separated-values", "text/x-csv"})
 _XLSX_TYPES: Final = frozenset(
     {
         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -338,9 +336,7 @@ def _not_utf8(data: bytes, where: str, row: int | None = None) -> TableError:
     guess = guess_legacy_encoding(data)
     if guess is None:
         return TableError("not_utf8", f"{where} is not UTF-8 text. {_SAVE_AS}", row=row)
-    return TableError(
-        "legacy_encoding", f"{where} is not UTF-8; it looks like {guess.name}. {guess.advice}", row=row
-    )
+    return TableError("legacy_encoding", f"{where} is not UTF-8; it looks like {guess.name}. {guess.advice}", row=row)
 
 
 def _sniff_delimiter(text: str) -> str | None:

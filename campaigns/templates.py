@@ -15,9 +15,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-_HTML_ENV = ImmutableSandboxedEnvironment(
-    undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True
-)
+_HTML_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
 
 TEMPLATE_PARTS = ("subject", "body", "html")
 

@@ -189,17 +189,37 @@ def _describe(exc: ValidationError, raw: Mapping[str, Any]) -> str:
     return (", ".join(parts) + ": " if parts else "") + msg
 
 
-def builtin_gateways(host: str = SIM_HOST, smpp_port: int = SIM_SMPP_PORT, smtp_port: int = SIM_SMTP_PORT) -> GatewaysConfig:
+def builtin_gateways(
+    host: str = SIM_HOST, smpp_port: int = SIM_SMPP_PORT, smtp_port: int = SIM_SMTP_PORT
+) -> GatewaysConfig:
     """Gateways for the built-in SMSC simulator (Viettel, Vinaphone, everything else) and SMTP sink."""
     common: dict[str, Any] = {"host": host, "port": smpp_port, "binds": 2, "tps": 500, "window": 10}
     return GatewaysConfig(
         smpp=[
-            SmppGateway(name="viettel", system_id="viettel", password=SecretStr("viettel-pw"),
-                        carriers=["Viettel"], source_addr="TCTK", **common),
-            SmppGateway(name="vinaphone", system_id="vinaphone", password=SecretStr("vinaphone-pw"),
-                        carriers=["Vinaphone"], source_addr="TCTK", **common),
-            SmppGateway(name="default", system_id="default", password=SecretStr("default-pw"),
-                        default=True, source_addr="TCTK", **common),
+            SmppGateway(
+                name="viettel",
+                system_id="viettel",
+                password=SecretStr("viettel-pw"),
+                carriers=["Viettel"],
+                source_addr="TCTK",
+                **common,
+            ),
+            SmppGateway(
+                name="vinaphone",
+                system_id="vinaphone",
+                password=SecretStr("vinaphone-pw"),
+                carriers=["Vinaphone"],
+                source_addr="TCTK",
+                **common,
+            ),
+            SmppGateway(
+                name="default",
+                system_id="default",
+                password=SecretStr("default-pw"),
+                default=True,
+                source_addr="TCTK",
+                **common,
+            ),
         ],
         smtp=[SmtpRelay(name="sink", host=host, port=smtp_port, connections=4, rate=2000)],
         source="built-in simulators",

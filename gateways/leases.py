@@ -74,9 +74,7 @@ def default_owner() -> str:
 class LeaseManager:
     """Lease operations on slots 0..slots-1 of a resource, as one owner."""
 
-    def __init__(
-        self, redis: redis.Redis[Any], owner: str, ttl_s: float = 15.0, prefix: str = "loa:lease:"
-    ) -> None:
+    def __init__(self, redis: redis.Redis[Any], owner: str, ttl_s: float = 15.0, prefix: str = "loa:lease:") -> None:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s!r}")
         if not owner:
@@ -205,9 +203,7 @@ class LeaseKeeper:
             done = _Round(held=sorted(slots))
             threading.Thread(target=self._release_all, args=(done,), daemon=True).start()
             if not done.done.wait(bound):
-                log.warning(
-                    "releasing leases %s:%s timed out; they expire on their own", self._resource, slots
-                )
+                log.warning("releasing leases %s:%s timed out; they expire on their own", self._resource, slots)
 
     def _release_all(self, work: _Round) -> None:
         try:
@@ -247,9 +243,7 @@ class LeaseKeeper:
         with self._lock:
             work = _Round(held=sorted(self._held))
         self._round = work
-        threading.Thread(
-            target=self._io, args=(work,), name=f"lease-io:{self._resource}", daemon=True
-        ).start()
+        threading.Thread(target=self._io, args=(work,), name=f"lease-io:{self._resource}", daemon=True).start()
 
     def _io(self, work: _Round) -> None:
         manager, resource = self._manager, self._resource

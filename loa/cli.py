@@ -71,8 +71,11 @@ def settings_with_redis() -> Settings:
 # --- the whole thing -------------------------------------------------------------------------
 @app.command()
 @clean_errors
-def demo(sms: int = typer.Option(2000, help="SMS recipients"), email: int = typer.Option(500, help="email units"),
-         timeout: float = typer.Option(600, help="seconds to wait for both campaigns")) -> None:
+def demo(
+    sms: int = typer.Option(2000, help="SMS recipients"),
+    email: int = typer.Option(500, help="email units"),
+    timeout: float = typer.Option(600, help="seconds to wait for both campaigns"),
+) -> None:
     """Embedded stack + simulators; a census SMS wave and a credential email campaign, with a report."""
     from loa.demo import run_demo
 
@@ -113,8 +116,13 @@ def api(host: str | None = None, port: int | None = None) -> None:
     if settings.bootstrap_admin_key is not None:
         with transaction(make_engine(settings.effective_database_url)) as session:
             ensure_key(session, settings.bootstrap_admin_key.get_secret_value())
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -146,10 +154,24 @@ def worker(
     hostname = name or f"loa-{'-'.join(r.value for r in roles)}-{os.getpid()}@{socket.gethostname()}"
     from workers.celery_app import app as celery_app
 
-    celery_app.worker_main([
-        "worker", "-Q", ",".join(plain or ["sms.idle"]), "-P", "threads", "-c", str(concurrency),
-        "-n", hostname, "-l", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ])
+    celery_app.worker_main(
+        [
+            "worker",
+            "-Q",
+            ",".join(plain or ["sms.idle"]),
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-n",
+            hostname,
+            "-l",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
 
 
 @app.command()
@@ -188,8 +210,11 @@ def _safe_url(url: str) -> str:
 # --- keys ------------------------------------------------------------------------------------
 @keys_app.command("create")
 @clean_errors
-def keys_create(org: str = typer.Option(..., "--org"), role: str = typer.Option(..., "--role"),
-                name: str = typer.Option("", "--name")) -> None:
+def keys_create(
+    org: str = typer.Option(..., "--org"),
+    role: str = typer.Option(..., "--role"),
+    name: str = typer.Option("", "--name"),
+) -> None:
     """Print a new key alone on stdout (details on stderr), once."""
     from accounts.models import Role
     from accounts.service import create_key, get_or_create_org
@@ -208,8 +233,7 @@ def keys_create(org: str = typer.Option(..., "--org"), role: str = typer.Option(
         issued = create_key(session, get_or_create_org(session, org), role_value, name)
         record = issued.record
     print(issued.key)
-    print(f"key {record.id} ({role_value.value}) for organisation {org!r}: shown once, store it now",
-          file=sys.stderr)
+    print(f"key {record.id} ({role_value.value}) for organisation {org!r}: shown once, store it now", file=sys.stderr)
 
 
 @keys_app.command("list")
@@ -227,9 +251,15 @@ def keys_list() -> None:
         orgs = {o.id: o.name for o in session.query(Organisation)}
         table = Table("id", "organisation", "role", "name", "prefix", "created", "revoked")
         for k in list_keys(session):
-            table.add_row(k.id, orgs.get(k.org_id, k.org_id), str(k.role), k.name, k.prefix + "…",
-                          k.created_at.isoformat(timespec="seconds"),
-                          k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "")
+            table.add_row(
+                k.id,
+                orgs.get(k.org_id, k.org_id),
+                str(k.role),
+                k.name,
+                k.prefix + "…",
+                k.created_at.isoformat(timespec="seconds"),
+                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+            )
     Console().print(table)
 
 

@@ -27,16 +27,36 @@ from loa.stack import Stack, free_port
 PREFIXES = {
     "Viettel": ["86", "96", "97", "98", "32", "33", "34", "35", "36", "37", "38", "39"],
     "Vinaphone": ["88", "91", "94", "81", "82", "83", "84", "85"],
-    "MobiFone": ["89", "90", "93", "70", "76", "77", "78", "79"],
+    "MobiFone": ["90", "93", "70", "76", "77", "78", "79"],
     "Vietnamobile": ["92", "56", "58"],
 }
-PROVINCES = ["Hà Nội", "Hải Phòng", "Đà Nẵng", "Thừa Thiên Huế", "Cần Thơ", "Nghệ An", "Quảng Ninh", "Đắk Lắk",
-             "Lâm Đồng", "Bà Rịa - Vũng Tàu", "Thành phố Hồ Chí Minh", "Điện Biên"]
+PROVINCES = [
+    "Hà Nội",
+    "Hải Phòng",
+    "Đà Nẵng",
+    "Thừa Thiên Huế",
+    "Cần Thơ",
+    "Nghệ An",
+    "Quảng Ninh",
+    "Đắk Lắk",
+    "Lâm Đồng",
+    "Bà Rịa - Vũng Tàu",
+    "Thành phố Hồ Chí Minh",
+    "Điện Biên",
+]
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ"]
 GIVEN = ["Văn An", "Thị Bình", "Minh Châu", "Quốc Dũng", "Thu Hà", "Đức Huy", "Ngọc Lan", "Thanh Tùng", "Hữu Phước"]
 UNIT_KIND = ["Công ty TNHH", "Công ty Cổ phần", "Hợp tác xã", "Hộ kinh doanh", "Doanh nghiệp tư nhân"]
-UNIT_NAME = ["Thương mại Sông Hồng", "Dịch vụ Bến Thành", "Nông sản Tây Nguyên", "Thủy sản Cà Mau",
-             "Cơ khí Đông Anh", "Du lịch Hạ Long", "Dệt may Nam Định", "Cà phê Buôn Ma Thuột"]
+UNIT_NAME = [
+    "Thương mại Sông Hồng",
+    "Dịch vụ Bến Thành",
+    "Nông sản Tây Nguyên",
+    "Thủy sản Cà Mau",
+    "Cơ khí Đông Anh",
+    "Du lịch Hạ Long",
+    "Dệt may Nam Định",
+    "Cà phê Buôn Ma Thuột",
+]
 
 SMS_TEMPLATE = (
     "Kính gửi {{ ten }}: Tổng điều tra kinh tế năm 2026 bắt đầu từ ngày 01/12. "
@@ -63,8 +83,9 @@ def synthetic_numbers(count: int, rng: random.Random) -> list[tuple[str, str]]:
             continue
         seen.add(digits)
         style = len(out) % 4
-        shown = {0: "0" + digits, 1: f"0{digits[:3]} {digits[3:6]} {digits[6:]}", 2: "84" + digits,
-                 3: "+84" + digits}[style]
+        shown = {0: "0" + digits, 1: f"0{digits[:3]} {digits[3:6]} {digits[6:]}", 2: "84" + digits, 3: "+84" + digits}[
+            style
+        ]
         out.append((shown, carrier))
     return out
 
@@ -74,8 +95,14 @@ def sms_csv(count: int, rng: random.Random) -> bytes:
     writer = csv.writer(buf)
     writer.writerow(["phone", "ten", "tinh", "ghi_chu"])
     for i, (number, _carrier) in enumerate(synthetic_numbers(count, rng)):
-        note = (" Quý vị có thể trả lời trực tuyến tại điều tra kinh tế trang web chính thức hoặc gọi tổng đài "
-                "miễn phí 1800 1234 để được hỗ trợ.") if i % 10 == 0 else ""
+        note = (
+            (
+                " Quý vị có thể trả lời trực tuyến tại điều tra kinh tế trang web chính thức hoặc gọi tổng đài "
+                "miễn phí 1800 1234 để được hỗ trợ."
+            )
+            if i % 10 == 0
+            else ""
+        )
         writer.writerow([number, f"{rng.choice(FAMILY)} {rng.choice(GIVEN)}", rng.choice(PROVINCES), note])
     return buf.getvalue().encode("utf-8-sig")
 
@@ -84,9 +111,12 @@ def email_units(count: int, rng: random.Random) -> list[dict[str, Any]]:
     units = []
     for i in range(count):
         name = f"{rng.choice(UNIT_KIND)} {rng.choice(UNIT_NAME)} {i + 1:03d}"
-        units.append({"to": f"unit{i + 1:05d}@dn{i % 7}.example.vn",
-                      "fields": {"don_vi": name, "username": f"DN{2026_00000 + i + 1}",
-                                 "password": secrets.token_urlsafe(9)}})
+        units.append(
+            {
+                "to": f"unit{i + 1:05d}@dn{i % 7}.example.vn",
+                "fields": {"don_vi": name, "username": f"DN{2026_00000 + i + 1}", "password": secrets.token_urlsafe(9)},
+            }
+        )
     return units
 
 
@@ -112,8 +142,9 @@ def run_demo(settings: Settings, *, sms_count: int, email_count: int, timeout: f
                 key = create_key(session, get_or_create_org(session, "demo"), Role.SENDER, "loa demo").key
             engine.dispose()
             stack.start_services()
-        client = httpx.Client(base_url=f"http://127.0.0.1:{stack.api_port}", timeout=120,
-                              headers={"Authorization": f"Bearer {key}"})
+        client = httpx.Client(
+            base_url=f"http://127.0.0.1:{stack.api_port}", timeout=120, headers={"Authorization": f"Bearer {key}"}
+        )
         ids = _create_campaigns(client, console, rng, sms_count, email_count)
         finished = _watch(client, console, ids, timeout)
         ok = _report(client, console, ids)
@@ -129,22 +160,48 @@ def run_demo(settings: Settings, *, sms_count: int, email_count: int, timeout: f
             stack.stop()
 
 
-def _create_campaigns(client: httpx.Client, console: Console, rng: random.Random, sms_count: int,
-                      email_count: int) -> dict[str, str]:
-    sms = _check(client.post("/v1/campaigns", json={
-        "name": "Tổng điều tra kinh tế 2026 - đợt 1 (SMS)", "channel": "sms", "sender": "TCTK",
-        "template": {"body": SMS_TEMPLATE}, "encoding": "auto", "priority": "normal"}))
-    up = _check(client.post(f"/v1/campaigns/{sms['id']}/recipients",
-                            files={"file": ("wave1.csv", sms_csv(sms_count, rng), "text/csv")}))
+def _create_campaigns(
+    client: httpx.Client, console: Console, rng: random.Random, sms_count: int, email_count: int
+) -> dict[str, str]:
+    sms = _check(
+        client.post(
+            "/v1/campaigns",
+            json={
+                "name": "Tổng điều tra kinh tế 2026 - đợt 1 (SMS)",
+                "channel": "sms",
+                "sender": "TCTK",
+                "template": {"body": SMS_TEMPLATE},
+                "encoding": "auto",
+                "priority": "normal",
+            },
+        )
+    )
+    up = _check(
+        client.post(
+            f"/v1/campaigns/{sms['id']}/recipients", files={"file": ("wave1.csv", sms_csv(sms_count, rng), "text/csv")}
+        )
+    )
     console.print(f"SMS wave 1: {up['accepted']} recipients accepted ({up['rejected']} rejected)")
     preview = _check(client.get(f"/v1/campaigns/{sms['id']}/preview"))
-    console.print(f"  encoding {preview['encoding']}, {preview['totals']['segments']} segments for "
-                  f"{preview['totals']['messages']} messages")
-    email = _check(client.post("/v1/campaigns", json={
-        "name": "Tài khoản khai báo TĐT kinh tế 2026 (email)", "channel": "email",
-        "sender": "Tổng cục Thống kê <dieutra@gso.gov.vn>",
-        "template": {"subject": EMAIL_SUBJECT, "html": EMAIL_HTML}, "secret_fields": ["password"]}))
-    up = _check(client.post(f"/v1/campaigns/{email['id']}/recipients", json={"recipients": email_units(email_count, rng)}))
+    console.print(
+        f"  encoding {preview['encoding']}, {preview['totals']['segments']} segments for "
+        f"{preview['totals']['messages']} messages"
+    )
+    email = _check(
+        client.post(
+            "/v1/campaigns",
+            json={
+                "name": "Tài khoản khai báo TĐT kinh tế 2026 (email)",
+                "channel": "email",
+                "sender": "Tổng cục Thống kê <dieutra@gso.gov.vn>",
+                "template": {"subject": EMAIL_SUBJECT, "html": EMAIL_HTML},
+                "secret_fields": ["password"],
+            },
+        )
+    )
+    up = _check(
+        client.post(f"/v1/campaigns/{email['id']}/recipients", json={"recipients": email_units(email_count, rng)})
+    )
     console.print(f"Credential email: {up['accepted']} units accepted")
     for cid in (sms["id"], email["id"]):
         _check(client.post(f"/v1/campaigns/{cid}/launch"))
@@ -152,8 +209,13 @@ def _create_campaigns(client: httpx.Client, console: Console, rng: random.Random
 
 
 def _watch(client: httpx.Client, console: Console, ids: dict[str, str], timeout: float) -> bool:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
     deadline = time.monotonic() + timeout
     with Progress(*columns, console=console) as progress:
         tasks = {label: progress.add_task(label, total=None, info="") for label in ids}
@@ -180,8 +242,9 @@ def _report(client: httpx.Client, console: Console, ids: dict[str, str]) -> bool
         table = Table(title=f"{label}: {c['name']} — {c['status']}")
         for col in ("total", "delivered", "sent", "failed", "undeliverable", "bounced", "queued"):
             table.add_column(col, justify="right")
-        table.add_row(*(str(counts[k]) for k in ("total", "delivered", "sent", "failed", "undeliverable", "bounced",
-                                                  "queued")))
+        table.add_row(
+            *(str(counts[k]) for k in ("total", "delivered", "sent", "failed", "undeliverable", "bounced", "queued"))
+        )
         console.print(table)
         if label == "SMS":
             carriers = Table(title="SMS by carrier")
@@ -189,15 +252,17 @@ def _report(client: httpx.Client, console: Console, ids: dict[str, str]) -> bool
                 carriers.add_column(col)
             gateway_of = _gateways_by_carrier(client, cid)
             for carrier, n in sorted(c["stats"]["by_carrier"].items()):
-                carriers.add_row(carrier, gateway_of.get(carrier, ""), str(n["total"]), str(n["delivered"]),
-                                 str(n["failed"]))
+                carriers.add_row(
+                    carrier, gateway_of.get(carrier, ""), str(n["total"]), str(n["delivered"]), str(n["failed"])
+                )
             console.print(carriers)
             console.print(f"segments {c['stats']['segments']}, ambiguous resends {c['stats']['ambiguous_resends']}")
             ok &= counts["delivered"] == counts["total"]
         else:
             ok &= counts["sent"] == counts["total"]
-    print("demo: all SMS delivered and all emails sent" if ok else "demo: some messages did not arrive",
-          file=sys.stderr)
+    print(
+        "demo: all SMS delivered and all emails sent" if ok else "demo: some messages did not arrive", file=sys.stderr
+    )
     return ok
 
 

@@ -63,15 +63,24 @@ class EmbeddedRedis:
         self.sock.unlink(missing_ok=True)
         args = [
             str(redis_server_binary()),
-            "--port", "0",
-            "--unixsocket", str(self.sock),
-            "--unixsocketperm", "700",
-            "--pidfile", str(self.pidfile),
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.state_dir),
-            "--logfile", str(self.state_dir / "redis.log"),
-            "--daemonize", "no",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.sock),
+            "--unixsocketperm",
+            "700",
+            "--pidfile",
+            str(self.pidfile),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.state_dir),
+            "--logfile",
+            str(self.state_dir / "redis.log"),
+            "--daemonize",
+            "no",
         ]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout

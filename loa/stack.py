@@ -14,8 +14,8 @@ import time
 
 import httpx
 
-from accounts.service import any_key_exists, create_key, ensure_key, get_or_create_org
 from accounts.models import Role
+from accounts.service import any_key_exists, create_key, ensure_key, get_or_create_org
 from gateways.config import SIM_SMPP_PORT, SIM_SMTP_PORT
 from loa.db import make_engine, transaction
 from loa.embedded import EmbeddedRedis
@@ -52,8 +52,11 @@ def wait_port(port: int, timeout: float = 20.0) -> bool:
 def builtin_gateways_toml(smpp_port: int, smtp_port: int) -> str:
     """The gateways file for the built-in simulators (their passwords are the simulator's own)."""
     blocks = []
-    for name, carriers, default in (("viettel", '["Viettel"]', "false"), ("vinaphone", '["Vinaphone"]', "false"),
-                                    ("default", "[]", "true")):
+    for name, carriers, default in (
+        ("viettel", '["Viettel"]', "false"),
+        ("vinaphone", '["Vinaphone"]', "false"),
+        ("default", "[]", "true"),
+    ):
         blocks.append(
             f'[[smpp]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {smpp_port}\nsystem_id = "{name}"\n'
             f'password = "{name}-pw"\nbinds = 2\ntps = 500\nwindow = 10\ncarriers = {carriers}\n'
@@ -64,8 +67,9 @@ def builtin_gateways_toml(smpp_port: int, smtp_port: int) -> str:
 
 
 class Stack:
-    def __init__(self, settings: Settings, *, api_port: int | None = None, quiet: bool = False,
-                 worker_concurrency: int = 8) -> None:
+    def __init__(
+        self, settings: Settings, *, api_port: int | None = None, quiet: bool = False, worker_concurrency: int = 8
+    ) -> None:
         self.settings = settings
         self.state_dir = settings.state_dir.resolve()
         self.api_port = api_port or settings.api_port
@@ -106,8 +110,9 @@ class Stack:
                 self.admin_key = issued.key
                 print(f"Created the first admin key (shown once, keep it):\n  {issued.key}", file=sys.stderr)
             elif not self.quiet:
-                print("An admin key exists. Create more with: loa keys create --org default --role admin",
-                      file=sys.stderr)
+                print(
+                    "An admin key exists. Create more with: loa keys create --org default --role admin", file=sys.stderr
+                )
 
     def _start_simulators(self) -> None:
         self.smsc_port = free_port(SIM_SMPP_PORT)
@@ -146,8 +151,13 @@ class Stack:
         logs = self.state_dir / "logs"
         logs.mkdir(exist_ok=True)
         out = None if not self.quiet else open(logs / f"{name}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "loa", *args], env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loa", *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
         self.children.append((name, proc))
 
     # --- run and stop -----------------------------------------------------------------------
@@ -186,4 +196,3 @@ class Stack:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
-

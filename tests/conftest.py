@@ -108,8 +108,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def make_settings(database_url: str, redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "database_url": database_url, "redis_url": redis_url, "secret_key": SECRET,
-            "state_dir": tmp_path / "state", "scheduler_interval_s": 0.5, "lease_seconds": 30,
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "secret_key": SECRET,
+            "state_dir": tmp_path / "state",
+            "scheduler_interval_s": 0.5,
+            "lease_seconds": 30,
         }
         values.update(overrides)
         return Settings(**values)
@@ -125,16 +129,18 @@ def settings(make_settings: Callable[..., Settings], db: Engine) -> Settings:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment for child processes (workers) that reproduces `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOA_")}
-    env.update({
-        "LOA_DATABASE_URL": settings.effective_database_url,
-        "LOA_REDIS_URL": settings.redis_url or "",
-        "LOA_SECRET_KEY": SECRET,
-        "LOA_STATE_DIR": str(settings.state_dir),
-        "LOA_SCHEDULER_INTERVAL_S": str(settings.scheduler_interval_s),
-        "LOA_LEASE_SECONDS": str(settings.lease_seconds),
-        "LOA_MAX_ATTEMPTS": str(settings.max_attempts),
-        "LOA_DISPATCH_BATCH": str(settings.dispatch_batch),
-    })
+    env.update(
+        {
+            "LOA_DATABASE_URL": settings.effective_database_url,
+            "LOA_REDIS_URL": settings.redis_url or "",
+            "LOA_SECRET_KEY": SECRET,
+            "LOA_STATE_DIR": str(settings.state_dir),
+            "LOA_SCHEDULER_INTERVAL_S": str(settings.scheduler_interval_s),
+            "LOA_LEASE_SECONDS": str(settings.lease_seconds),
+            "LOA_MAX_ATTEMPTS": str(settings.max_attempts),
+            "LOA_DISPATCH_BATCH": str(settings.dispatch_batch),
+        }
+    )
     if settings.gateways_file:
         env["LOA_GATEWAYS_FILE"] = str(settings.gateways_file)
     return env
@@ -149,8 +155,13 @@ class Procs:
 
     def start(self, settings: Settings, *args: str, name: str = "proc") -> subprocess.Popen[bytes]:
         log = self.tmp_path / f"{name}-{len(self.procs)}.log"
-        proc = subprocess.Popen([sys.executable, "-m", "loa", *args], env=settings_env(settings),
-                                stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=self.tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loa", *args],
+            env=settings_env(settings),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp_path,
+        )
         self.procs.append((proc, log))
         return proc
 
@@ -186,7 +197,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

@@ -42,15 +42,17 @@ def sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def stack_settings(make_settings: Callable[..., Settings], db: Any, smsc: Any, sink: SmtpSink,
-                   tmp_path: Path) -> Settings:
+def stack_settings(
+    make_settings: Callable[..., Settings], db: Any, smsc: Any, sink: SmtpSink, tmp_path: Path
+) -> Settings:
     gw = tmp_path / "gateways.toml"
     gw.write_text(builtin_gateways_toml(smsc.port, sink.port))
     return make_settings(gateways_file=gw)
 
 
-def test_sms_and_email_reach_their_final_status(stack_settings: Settings, procs: Procs, db: Any, smsc: Any,
-                                                 sink: SmtpSink) -> None:
+def test_sms_and_email_reach_their_final_status(
+    stack_settings: Settings, procs: Procs, db: Any, smsc: Any, sink: SmtpSink
+) -> None:
     procs.start(stack_settings, "worker", "-c", "4", name="worker")
     procs.start(stack_settings, "scheduler", name="scheduler")
     key = make_key(db, Role.SENDER)
@@ -58,15 +60,22 @@ def test_sms_and_email_reach_their_final_status(stack_settings: Settings, procs:
 
     sms = client.post("/v1/campaigns", json=sms_campaign()).json()
     numbers = VIETTEL + VINAPHONE + OTHER
-    up = client.post(f"/v1/campaigns/{sms['id']}/recipients",
-                     json={"recipients": [{"to": n, "fields": {"ten": f"Người {i}"}} for i, n in enumerate(numbers)]})
+    up = client.post(
+        f"/v1/campaigns/{sms['id']}/recipients",
+        json={"recipients": [{"to": n, "fields": {"ten": f"Người {i}"}} for i, n in enumerate(numbers)]},
+    )
     assert up.status_code == 200, up.text
     assert up.json()["accepted"] == len(numbers)
     assert client.post(f"/v1/campaigns/{sms['id']}/launch").json()["status"] == "running"
 
     mail = client.post("/v1/campaigns", json=email_campaign()).json()
-    units = [{"to": f"unit{i}@example.vn", "fields": {"don_vi": f"Đơn vị {i}", "username": f"u{i}",
-                                                       "password": f"pw-{i}-secret"}} for i in range(6)]
+    units = [
+        {
+            "to": f"unit{i}@example.vn",
+            "fields": {"don_vi": f"Đơn vị {i}", "username": f"u{i}", "password": f"pw-{i}-secret"},
+        }
+        for i in range(6)
+    ]
     assert client.post(f"/v1/campaigns/{mail['id']}/recipients", json={"recipients": units}).json()["accepted"] == 6
     client.post(f"/v1/campaigns/{mail['id']}/launch")
 

@@ -11,7 +11,7 @@ HALT_KEY = "loa:halt:{}"
 HALT_TTL_S = 3600
 
 
-def set_halt(client: redis.Redis, campaign_id: str, halted: bool) -> None:
+def set_halt(client: redis.Redis[bytes], campaign_id: str, halted: bool) -> None:
     key = HALT_KEY.format(campaign_id)
     if halted:
         client.set(key, "1", ex=HALT_TTL_S)
@@ -19,7 +19,7 @@ def set_halt(client: redis.Redis, campaign_id: str, halted: bool) -> None:
         client.delete(key)
 
 
-def is_halted(client: redis.Redis, campaign_id: str) -> bool:
+def is_halted(client: redis.Redis[bytes], campaign_id: str) -> bool:
     try:
         return bool(client.exists(HALT_KEY.format(campaign_id)))
     except redis.RedisError:

@@ -44,9 +44,7 @@ def parse_roles(text: str | None) -> list[Role]:
         try:
             role = Role(name)
         except ValueError:
-            raise ValueError(
-                f"unknown worker role {name!r} (choose from {', '.join(r.value for r in Role)})"
-            ) from None
+            raise ValueError(f"unknown worker role {name!r} (choose from {', '.join(r.value for r in Role)})") from None
         if role not in roles:
             roles.append(role)
     return roles or list(ALL_ROLES)

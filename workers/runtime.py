@@ -36,11 +36,12 @@ class Runtime:
         return gateways_for(self.settings)
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> redis.Redis[bytes]:
         if not self.settings.redis_url:
             raise SettingsError("LOA_REDIS_URL: not set (start `loa run`, or set it)")
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                    health_check_interval=10)
+        return redis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10
+        )
 
     @cached_property
     def box(self) -> SecretBox:

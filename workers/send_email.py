@@ -30,8 +30,14 @@ log = logging.getLogger(__name__)
 
 # Per-recipient-domain caps (messages/s) when the gateways file gives none: big providers accept
 # a handful of connections and throttle bursts; everyone else gets the "*" rate.
-DEFAULT_DOMAIN_RATES = {"gmail.com": 20.0, "googlemail.com": 20.0, "yahoo.com": 10.0, "outlook.com": 10.0,
-                        "hotmail.com": 10.0, "*": 50.0}
+DEFAULT_DOMAIN_RATES = {
+    "gmail.com": 20.0,
+    "googlemail.com": 20.0,
+    "yahoo.com": 10.0,
+    "outlook.com": 10.0,
+    "hotmail.com": 10.0,
+    "*": 50.0,
+}
 
 
 class EmailRuntime:
@@ -73,8 +79,13 @@ class EmailRuntime:
 
 def relay_config(relay: SmtpRelay) -> RelayConfig:
     return RelayConfig(
-        name=relay.name, host=relay.host, port=relay.port, tls=relay.tls, username=relay.username,
-        password=relay.resolved_password(), connections=relay.connections,
+        name=relay.name,
+        host=relay.host,
+        port=relay.port,
+        tls=relay.tls,
+        username=relay.username,
+        password=relay.resolved_password(),
+        connections=relay.connections,
         local_hostname=relay.local_hostname or (relay.dkim.domain if relay.dkim else "localhost"),
         validate_certs=relay.validate_certs,
     )
@@ -108,8 +119,9 @@ def _domain_rate(relay: SmtpRelay, domain: str) -> float:
     return float(rates.get(domain, rates.get("*", 50.0)))
 
 
-def send_email_batch(rt: Runtime, er: EmailRuntime, relay: SmtpRelay, campaign_id: str, claim: str,
-                     ids: Sequence[int]) -> dict[str, int]:
+def send_email_batch(
+    rt: Runtime, er: EmailRuntime, relay: SmtpRelay, campaign_id: str, claim: str, ids: Sequence[int]
+) -> dict[str, int]:
     def load() -> LoadedBatch:
         with transaction(rt.engine) as session:
             return load_batch(session, rt.box, campaign_id, ids, claim)
@@ -162,8 +174,14 @@ def send_email_batch(rt: Runtime, er: EmailRuntime, relay: SmtpRelay, campaign_i
 
     def save() -> dict[str, int]:
         with transaction(rt.engine) as session:
-            counts = record(session, outcomes, claim, max_attempts=rt.settings.max_attempts,
-                            sent_status=MessageStatus.SENT, ambiguous_policy=policy)
+            counts = record(
+                session,
+                outcomes,
+                claim,
+                max_attempts=rt.settings.max_attempts,
+                sent_status=MessageStatus.SENT,
+                ambiguous_policy=policy,
+            )
             for address in to_suppress:
                 mark_suppressed(session, campaign.org_id, address, "mailbox unknown (5xx at RCPT)")
             release(session, ids, claim)

@@ -36,8 +36,12 @@ def build_submits(
     source = campaign.sender or gateway.source_addr or ""
     submits = [
         Submit(
-            ref=(msg.id, i), source_addr=source, destination=msg.to, short_message=part,
-            data_coding=data_coding(prepared.encoding), esm_class=0x40 if len(parts) > 1 else 0,
+            ref=(msg.id, i),
+            source_addr=source,
+            destination=msg.to,
+            short_message=part,
+            data_coding=data_coding(prepared.encoding),
+            esm_class=0x40 if len(parts) > 1 else 0,
             validity_period=validity,  # type: ignore[arg-type]
         )
         for i, part in enumerate(parts)
@@ -62,8 +66,11 @@ def outcome_for(message_id: int, results: Sequence[SubmitResult], table: ErrorTa
     return Outcome(message_id, "sent", provider_ids=ids, segments=len(results))
 
 
-def send_sms_batch(rt: Runtime, sessions: GatewaySessions, campaign_id: str, claim: str, ids: Sequence[int]) -> dict[str, int]:
+def send_sms_batch(
+    rt: Runtime, sessions: GatewaySessions, campaign_id: str, claim: str, ids: Sequence[int]
+) -> dict[str, int]:
     gateway = sessions.gateway
+
     def load() -> LoadedBatch:
         with transaction(rt.engine) as session:
             return load_batch(session, rt.box, campaign_id, ids, claim)
@@ -104,8 +111,14 @@ def send_sms_batch(rt: Runtime, sessions: GatewaySessions, campaign_id: str, cla
 
     def save() -> dict[str, int]:
         with transaction(rt.engine) as session:
-            counts = record(session, outcomes, claim, max_attempts=rt.settings.max_attempts,
-                            gateway=gateway.name, ambiguous_policy=policy)
+            counts = record(
+                session,
+                outcomes,
+                claim,
+                max_attempts=rt.settings.max_attempts,
+                gateway=gateway.name,
+                ambiguous_policy=policy,
+            )
             release(session, ids, claim)
             return counts
 

@@ -33,8 +33,15 @@ QueueSwitch = Callable[[str, bool], None]
 
 def bind_config(g: SmppGateway) -> BindConfig:
     return BindConfig(
-        name=g.name, host=g.host, port=g.port, system_id=g.system_id, password=g.resolved_password(),
-        system_type=g.system_type, bind_mode=g.bind_mode, window=g.window, enquire_link_s=g.enquire_link_s,
+        name=g.name,
+        host=g.host,
+        port=g.port,
+        system_id=g.system_id,
+        password=g.resolved_password(),
+        system_type=g.system_type,
+        bind_mode=g.bind_mode,
+        window=g.window,
+        enquire_link_s=g.enquire_link_s,
     )
 
 
@@ -45,8 +52,9 @@ def limiter_key(gateway: str) -> str:
 class GatewaySessions:
     """The sessions of one gateway in this process, one per bind slot it holds."""
 
-    def __init__(self, gateway: SmppGateway, rt: Runtime, switch_queue: QueueSwitch,
-                 on_receipts: Callable[[], None], owner: str) -> None:
+    def __init__(
+        self, gateway: SmppGateway, rt: Runtime, switch_queue: QueueSwitch, on_receipts: Callable[[], None], owner: str
+    ) -> None:
         self.gateway, self.rt = gateway, rt
         self._switch_queue = switch_queue
         self._on_receipts = on_receipts
@@ -109,8 +117,15 @@ class GatewaySessions:
     # --- receipts
     def _deliver(self, delivers: Sequence[Deliver]) -> None:
         incoming = [
-            IncomingDeliver(d.source_addr, d.destination_addr, d.esm_class, d.data_coding, d.short_message,
-                            d.receipted_message_id, d.message_state)
+            IncomingDeliver(
+                d.source_addr,
+                d.destination_addr,
+                d.esm_class,
+                d.data_coding,
+                d.short_message,
+                d.receipted_message_id,
+                d.message_state,
+            )
             for d in delivers
         ]
         with transaction(self.rt.engine) as session:
@@ -119,7 +134,9 @@ class GatewaySessions:
         self._on_receipts()
 
     # --- submitting
-    def submit(self, submits: Sequence[Sequence[Submit]], rate_cap: tuple[str, float] | None) -> list[list[SubmitResult]]:
+    def submit(
+        self, submits: Sequence[Sequence[Submit]], rate_cap: tuple[str, float] | None
+    ) -> list[list[SubmitResult]]:
         """Send messages (each a list of segment submits) over the bound sessions, in parallel.
 
         Every segment takes a token from the shared limiter first: the gateway's TPS across all
@@ -165,8 +182,9 @@ def process_owner() -> str:
 class SmsRuntime:
     """All gateways' sessions of this worker process, plus a health thread."""
 
-    def __init__(self, rt: Runtime, gateway_names: Sequence[str], switch_queue: QueueSwitch,
-                 on_receipts: Callable[[], None]) -> None:
+    def __init__(
+        self, rt: Runtime, gateway_names: Sequence[str], switch_queue: QueueSwitch, on_receipts: Callable[[], None]
+    ) -> None:
         owner = process_owner()
         by_name = rt.gateways.smpp_by_name()
         self.gateways = {

@@ -15,7 +15,8 @@ import redis
 from campaigns.dispatch import Batch, Router, dispatch_pass
 from campaigns.models import Channel
 from campaigns.receipts import apply_inbox
-from campaigns.scheduling import purge_retention, tick as scheduler_tick
+from campaigns.scheduling import purge_retention
+from campaigns.scheduling import tick as scheduler_tick
 from loa.db import transaction
 from workers.celery_app import app
 from workers.queues import DISPATCH_QUEUE, RECEIPTS_QUEUE, email_queue, sms_queue
@@ -52,8 +53,9 @@ def enqueue(batches: list[Batch]) -> None:
         if b.channel is Channel.SMS:
             app.send_task("loa.send_sms", args=[b.gateway, b.campaign_id, b.claim, b.ids], queue=sms_queue(b.gateway))
         else:
-            app.send_task("loa.send_email", args=[b.gateway, b.campaign_id, b.claim, b.ids],
-                          queue=email_queue(b.gateway))
+            app.send_task(
+                "loa.send_email", args=[b.gateway, b.campaign_id, b.claim, b.ids], queue=email_queue(b.gateway)
+            )
 
 
 def run_dispatch(rt: Runtime) -> int:
@@ -62,8 +64,9 @@ def run_dispatch(rt: Runtime) -> int:
 
     def claim() -> list[Batch]:
         with transaction(rt.engine) as session:
-            return dispatch_pass(session, rt.gateways, router, batch_size=rt.settings.dispatch_batch,
-                                 lease_s=rt.settings.lease_seconds)
+            return dispatch_pass(
+                session, rt.gateways, router, batch_size=rt.settings.dispatch_batch, lease_s=rt.settings.lease_seconds
+            )
 
     batches = with_db_retry(claim)
     enqueue(batches)
@@ -157,4 +160,3 @@ def purge() -> int:
     rt = get_runtime()
     with transaction(rt.engine) as session:
         return purge_retention(session, rt.settings.retention_days)
-

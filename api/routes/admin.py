@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select
+from sqlmodel import col
 
 from accounts.models import AuditEntry, Role
 from accounts.service import audit, create_key, list_keys, revoke_key
@@ -49,17 +52,24 @@ def revoke(key_id: str, caller: Admin, session: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/audit", summary="Audit log, newest first")
-def audit_log(caller: Admin, session: SessionDep, limit: int = Query(100, ge=1, le=1000),
-              cursor: str | None = None, action: str | None = None) -> dict[str, Any]:
-    stmt = select(AuditEntry).where(AuditEntry.org_id == caller.org.id)
+def audit_log(
+    caller: Admin,
+    session: SessionDep,
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = None,
+    action: str | None = None,
+) -> dict[str, Any]:
+    stmt = select(AuditEntry).where(col(AuditEntry.org_id) == caller.org.id)
     if action:
-        stmt = stmt.where(AuditEntry.action == action)  # type: ignore[arg-type]
+        stmt = stmt.where(col(AuditEntry.action) == action)
     after = decode_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(AuditEntry.id < int(after))  # type: ignore[operator]
-    rows = list(session.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit + 1)))  # type: ignore[union-attr]
-    return {"items": [audit_view(a) for a in rows[:limit]],
-            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+        stmt = stmt.where(col(AuditEntry.id) < int(after))
+    rows = list(session.scalars(stmt.order_by(col(AuditEntry.id).desc()).limit(limit + 1)))
+    return {
+        "items": [audit_view(a) for a in rows[:limit]],
+        "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None,
+    }
 
 
 @router.get("/gateways", summary="Configured gateways with bind state, rate and queue depth")
@@ -74,26 +84,49 @@ def gateways(caller: Admin, state: StateDep) -> dict[str, Any]:
         factor = None
         if r is not None:
             try:
-                holders = {k.decode(): v.decode() for k, v in (
-                    (key, r.get(key)) for key in r.scan_iter(f"loa:lease:smpp:{g.name}:*")) if v}
+                holders = {
+                    k.decode(): v.decode()
+                    for k, v in ((key, r.get(key)) for key in r.scan_iter(f"loa:lease:smpp:{g.name}:*"))
+                    if v
+                }
                 depth = int(r.llen(sms_queue(g.name)))
                 raw = r.get(f"loa:rl:factor:smpp:{g.name}")
                 factor = float(raw) if raw else 1.0
             except Exception:
                 pass
-        items.append({"name": g.name, "type": "smpp", "host": g.host, "port": g.port, "binds": g.binds,
-                      "bound": len(holders), "tps": g.tps, "rate_factor": factor, "queue_depth": depth,
-                      "carriers": g.carriers, "default": g.default, "fallback": g.fallback})
+        items.append(
+            {
+                "name": g.name,
+                "type": "smpp",
+                "host": g.host,
+                "port": g.port,
+                "binds": g.binds,
+                "bound": len(holders),
+                "tps": g.tps,
+                "rate_factor": factor,
+                "queue_depth": depth,
+                "carriers": g.carriers,
+                "default": g.default,
+                "fallback": g.fallback,
+            }
+        )
     for relay in state.gateways.smtp:
         depth = None
         if r is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 depth = int(r.llen(email_queue(relay.name)))
-            except Exception:
-                pass
-        items.append({"name": relay.name, "type": "smtp", "host": relay.host, "port": relay.port,
-                      "connections": relay.connections, "rate": relay.rate, "queue_depth": depth,
-                      "dkim": relay.dkim.domain if relay.dkim else None})
+        items.append(
+            {
+                "name": relay.name,
+                "type": "smtp",
+                "host": relay.host,
+                "port": relay.port,
+                "connections": relay.connections,
+                "rate": relay.rate,
+                "queue_depth": depth,
+                "dkim": relay.dkim.domain if relay.dkim else None,
+            }
+        )
     return {"items": items}
 
 
@@ -114,19 +147,23 @@ def _normalise_address(address: str) -> str:
 
 
 @router.get("/suppressions", summary="Suppressed addresses")
-def suppressions(caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000),
-                 cursor: str | None = None) -> dict[str, Any]:
-    stmt = select(Suppression).where(Suppression.org_id == caller.org.id)
+def suppressions(
+    caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000), cursor: str | None = None
+) -> dict[str, Any]:
+    stmt = select(Suppression).where(col(Suppression.org_id) == caller.org.id)
     after = decode_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(Suppression.id > int(after))  # type: ignore[operator]
-    rows = list(session.scalars(stmt.order_by(Suppression.id).limit(limit + 1)))  # type: ignore[arg-type]
-    return {"items": [{"address": s.address, "reason": s.reason, "created_at": iso_z(s.created_at)}
-                      for s in rows[:limit]],
-            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+        stmt = stmt.where(col(Suppression.id) > int(after))
+    rows = list(session.scalars(stmt.order_by(col(Suppression.id)).limit(limit + 1)))
+    return {
+        "items": [{"address": s.address, "reason": s.reason, "created_at": iso_z(s.created_at)} for s in rows[:limit]],
+        "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None,
+    }
 
 
-@router.post("/suppressions", status_code=201, summary="Suppress an address (JSON), or many (CSV upload: address[,reason])")
+@router.post(
+    "/suppressions", status_code=201, summary="Suppress an address (JSON), or many (CSV upload: address[,reason])"
+)
 async def add_suppression(request: Request, caller: Sender, session: SessionDep) -> dict[str, Any]:
     entries = await _entries(request, SuppressionIn, ("address", "reason"))
     for e in entries:
@@ -137,8 +174,11 @@ async def add_suppression(request: Request, caller: Sender, session: SessionDep)
 
 @router.delete("/suppressions/{address}", status_code=204, summary="Remove an address from the list")
 def remove_suppression(address: str, caller: Sender, session: SessionDep) -> Response:
-    result = session.execute(delete(Suppression).where(
-        Suppression.org_id == caller.org.id, Suppression.address == _normalise_address(address)))  # type: ignore[arg-type]
+    result = session.execute(
+        delete(Suppression).where(
+            col(Suppression.org_id) == caller.org.id, col(Suppression.address) == _normalise_address(address)
+        )
+    )  # type: ignore[arg-type]
     if not result.rowcount:  # type: ignore[attr-defined]
         raise NotFound("address is not suppressed")
     return Response(status_code=204)
@@ -152,14 +192,18 @@ class MnpIn(BaseModel):
 
 
 @router.get("/mnp", summary="Number portability overrides (number → carrier)")
-def mnp(caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000), cursor: str | None = None) -> dict[str, Any]:
-    stmt = select(MnpOverride).where(MnpOverride.org_id == caller.org.id)
+def mnp(
+    caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000), cursor: str | None = None
+) -> dict[str, Any]:
+    stmt = select(MnpOverride).where(col(MnpOverride.org_id) == caller.org.id)
     after = decode_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(MnpOverride.id > int(after))  # type: ignore[operator]
-    rows = list(session.scalars(stmt.order_by(MnpOverride.id).limit(limit + 1)))  # type: ignore[arg-type]
-    return {"items": [{"number": m.number, "carrier": m.carrier} for m in rows[:limit]],
-            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+        stmt = stmt.where(col(MnpOverride.id) > int(after))
+    rows = list(session.scalars(stmt.order_by(col(MnpOverride.id)).limit(limit + 1)))
+    return {
+        "items": [{"number": m.number, "carrier": m.carrier} for m in rows[:limit]],
+        "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None,
+    }
 
 
 @router.post("/mnp", status_code=201, summary="Add overrides: JSON {number, carrier} or CSV upload (number,carrier)")
@@ -170,8 +214,9 @@ async def add_mnp(request: Request, caller: Sender, session: SessionDep) -> dict
             number = normalise_phone(e.number)
         except PhoneError as exc:
             raise Invalid(f"number {e.number!r}: {exc.reason}", {"field": "number"}) from None
-        existing = session.scalars(select(MnpOverride).where(
-            MnpOverride.org_id == caller.org.id, MnpOverride.number == number)).first()  # type: ignore[arg-type]
+        existing = session.scalars(
+            select(MnpOverride).where(col(MnpOverride.org_id) == caller.org.id, col(MnpOverride.number) == number)
+        ).first()  # type: ignore[arg-type]
         if existing:
             existing.carrier = e.carrier
         else:
@@ -186,8 +231,9 @@ def remove_mnp(number: str, caller: Sender, session: SessionDep) -> Response:
         normalised = normalise_phone(number)
     except PhoneError as exc:
         raise Invalid(f"number: {exc.reason}") from None
-    result = session.execute(delete(MnpOverride).where(
-        MnpOverride.org_id == caller.org.id, MnpOverride.number == normalised))  # type: ignore[arg-type]
+    result = session.execute(
+        delete(MnpOverride).where(col(MnpOverride.org_id) == caller.org.id, col(MnpOverride.number) == normalised)
+    )  # type: ignore[arg-type]
     if not result.rowcount:  # type: ignore[attr-defined]
         raise NotFound("no override for that number")
     return Response(status_code=204)
@@ -203,7 +249,9 @@ async def _entries(request: Request, model: type[Any], columns: tuple[str, str])
             if file is None or isinstance(file, str):
                 raise Invalid("multipart upload needs a 'file' part", {"field": "file"})
             text = (await file.read()).decode("utf-8-sig")
-            reader = csv.reader(io.StringIO(text), csv.Sniffer().sniff(text[:2048], ",;\t") if text.strip() else "excel")
+            reader = csv.reader(
+                io.StringIO(text), csv.Sniffer().sniff(text[:2048], ",;\t") if text.strip() else "excel"
+            )
             rows = [r for r in reader if any(c.strip() for c in r)]
             if rows and rows[0][0].strip().lower() == columns[0]:
                 rows = rows[1:]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlalchemy import literal, select, tuple_
+from sqlmodel import Session, col
 
 from accounts.service import audit
 from api.deps import AnyRole, Sender, SessionDep, StateDep
@@ -18,6 +19,8 @@ from campaigns.models import Campaign, CampaignStatus, Channel, Message
 from campaigns.schemas import CampaignCreate, CampaignUpdate, CloneIn
 from campaigns.templates import render
 from gateways.smpp.codec import EncodingPolicy, UnencodableError, prepare
+from loa.errors import Invalid
+from loa.timeutil import to_utc
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
@@ -40,19 +43,31 @@ def list_campaigns(
     limit: int = Query(50, ge=1, le=200),
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    stmt = select(Campaign).where(Campaign.org_id == caller.org.id)
+    stmt = select(Campaign).where(col(Campaign.org_id) == caller.org.id)
     if status is not None:
-        stmt = stmt.where(Campaign.status == status.value)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Campaign.status) == status.value)
     after = decode_cursor(cursor)
     if after is not None:
-        stmt = stmt.where((Campaign.created_at, Campaign.id) < (after[0], after[1]))  # type: ignore[operator]
-    rows = list(session.scalars(stmt.order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(limit + 1)))  # type: ignore[attr-defined]
+        stmt = stmt.where(
+            tuple_(col(Campaign.created_at), col(Campaign.id))
+            < tuple_(literal(_cursor_time(after[0])), literal(after[1]))
+        )
+    rows = list(
+        session.scalars(stmt.order_by(col(Campaign.created_at).desc(), col(Campaign.id).desc()).limit(limit + 1))
+    )
     items = [campaign_view(session, c) for c in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
         next_cursor = encode_cursor([last.created_at.isoformat(), last.id])
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _cursor_time(value: str) -> datetime:
+    try:
+        return to_utc(datetime.fromisoformat(value))
+    except (TypeError, ValueError):
+        raise Invalid("invalid cursor", {"field": "cursor"}) from None
 
 
 @router.get("/{campaign_id}", summary="A campaign with its counts by status, gateway, carrier and error")
@@ -75,7 +90,9 @@ def delete(campaign_id: str, caller: Sender, session: SessionDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{campaign_id}/clone", status_code=201, summary="Clone (optionally with all or the undelivered recipients)")
+@router.post(
+    "/{campaign_id}/clone", status_code=201, summary="Clone (optionally with all or the undelivered recipients)"
+)
 def clone(campaign_id: str, caller: Sender, session: SessionDep, body: CloneIn | None = None) -> dict[str, Any]:
     campaign = repository.get_campaign(session, caller.org.id, campaign_id)
     copy = service.clone_campaign(session, campaign, caller.key, body or CloneIn())
@@ -120,7 +137,11 @@ def preview(campaign_id: str, caller: AnyRole, session: SessionDep) -> dict[str,
 
 def build_preview(session: Session, campaign: Campaign) -> dict[str, Any]:
     masked = dict.fromkeys(campaign.secret_fields, MASK)
-    stmt = select(Message.to, Message.fields).where(Message.campaign_id == campaign.id).order_by(Message.id)  # type: ignore[arg-type]
+    stmt = (
+        select(col(Message.to), col(Message.fields))
+        .where(col(Message.campaign_id) == campaign.id)
+        .order_by(col(Message.id))
+    )
     samples: list[dict[str, Any]] = []
     messages = segments = 0
     encodings: set[str] = set()
@@ -134,8 +155,12 @@ def build_preview(session: Session, campaign: Campaign) -> dict[str, Any]:
                 segments += prepared.segments
                 encodings.add(prepared.encoding.value)
             except UnencodableError as exc:
-                sample |= {"text": rendered.body, "encoding": None, "segments": 0,
-                           "error": f"characters that do not fit: {' '.join(exc.chars)}"}
+                sample |= {
+                    "text": rendered.body,
+                    "encoding": None,
+                    "segments": 0,
+                    "error": f"characters that do not fit: {' '.join(exc.chars)}",
+                }
         else:
             sample |= {"subject": rendered.subject, "text": rendered.body, "html": rendered.html, "segments": 1}
             segments += 1
@@ -146,7 +171,13 @@ def build_preview(session: Session, campaign: Campaign) -> dict[str, Any]:
     estimated = total > messages
     if estimated and messages:
         segments = round(segments * total / messages)
-    encoding = (encodings.pop() if len(encodings) == 1 else "mixed") if encodings else (
-        "email" if campaign.channel is Channel.EMAIL else campaign.encoding)
-    return {"encoding": encoding, "samples": samples,
-            "totals": {"messages": total, "segments": segments, "estimated": estimated}}
+    encoding = (
+        (encodings.pop() if len(encodings) == 1 else "mixed")
+        if encodings
+        else ("email" if campaign.channel is Channel.EMAIL else campaign.encoding)
+    )
+    return {
+        "encoding": encoding,
+        "samples": samples,
+        "totals": {"messages": total, "segments": segments, "estimated": estimated},
+    }

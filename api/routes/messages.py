@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
+from sqlmodel import col
 
 from accounts.service import audit
 from api.deps import AnyRole, Sender, SessionDep
@@ -31,20 +32,27 @@ def normalise_query_address(raw: str) -> str:
 
 
 @router.get("/messages", summary="Messages to one recipient across campaigns (any usual number form)")
-def search(caller: AnyRole, session: SessionDep, to: str = Query(..., min_length=3),
-           limit: int = Query(100, ge=1, le=1000), cursor: str | None = None) -> dict[str, Any]:
+def search(
+    caller: AnyRole,
+    session: SessionDep,
+    to: str = Query(..., min_length=3),
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = None,
+) -> dict[str, Any]:
     address = normalise_query_address(to)
     stmt = (
         select(Message)
-        .join(Campaign, Campaign.id == Message.campaign_id)  # type: ignore[arg-type]
-        .where(Campaign.org_id == caller.org.id, Message.to == address)  # type: ignore[arg-type]
+        .join(Campaign, col(Campaign.id) == col(Message.campaign_id))
+        .where(col(Campaign.org_id) == caller.org.id, col(Message.to) == address)
     )
     after = decode_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(Message.id < int(after))  # type: ignore[operator]
-    rows = list(session.scalars(stmt.order_by(Message.id.desc()).limit(limit + 1)))  # type: ignore[union-attr]
-    return {"items": [message_view(m) for m in rows[:limit]],
-            "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None}
+        stmt = stmt.where(col(Message.id) < int(after))
+    rows = list(session.scalars(stmt.order_by(col(Message.id).desc()).limit(limit + 1)))
+    return {
+        "items": [message_view(m) for m in rows[:limit]],
+        "next_cursor": encode_cursor(rows[limit - 1].id) if len(rows) > limit else None,
+    }
 
 
 @router.get("/messages/{message_id}", summary="One message with its events (timeline)")
@@ -53,19 +61,25 @@ def get(message_id: str, caller: AnyRole, session: SessionDep) -> dict[str, Any]
         raise NotFound(f"message {message_id} not found")
     row = session.execute(
         select(Message)
-        .join(Campaign, Campaign.id == Message.campaign_id)  # type: ignore[arg-type]
-        .where(Message.id == int(message_id), Campaign.org_id == caller.org.id)  # type: ignore[arg-type]
+        .join(Campaign, col(Campaign.id) == col(Message.campaign_id))
+        .where(col(Message.id) == int(message_id), col(Campaign.org_id) == caller.org.id)
     ).scalar_one_or_none()
     if row is None:
         raise NotFound(f"message {message_id} not found")
-    events = list(session.scalars(
-        select(MessageEvent).where(MessageEvent.message_id == row.id).order_by(MessageEvent.id)))  # type: ignore[arg-type]
+    events = list(
+        session.scalars(
+            select(MessageEvent).where(col(MessageEvent.message_id) == row.id).order_by(col(MessageEvent.id))
+        )
+    )  # type: ignore[arg-type]
     audit(session, caller.org.id, caller.key.id, "message.view", message_id)
     return message_view(row, events)
 
 
-@router.post("/bounces", summary="Submit a raw bounce (RFC 3464 DSN or plain bounce message)",
-             openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}})
+@router.post(
+    "/bounces",
+    summary="Submit a raw bounce (RFC 3464 DSN or plain bounce message)",
+    openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}},
+)
 async def bounce(request: Request, caller: Sender, session: SessionDep) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > MAX_BOUNCE_BYTES:

@@ -8,6 +8,7 @@ from typing import Any, BinaryIO
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -49,19 +50,31 @@ class _LimitedReader:
     openapi_extra={
         "requestBody": {
             "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/RecipientsIn"},
-                                     "example": {"recipients": [{"to": "0912345678", "fields": {"name": "An"}}]}},
-                "multipart/form-data": {"schema": {"type": "object", "properties": {
-                    "file": {"type": "string", "format": "binary"}}, "required": ["file"]}},
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/RecipientsIn"},
+                    "example": {"recipients": [{"to": "0912345678", "fields": {"name": "An"}}]},
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
             }
         }
     },
 )
-async def upload(campaign_id: str, request: Request, caller: Sender, session: SessionDep, state: StateDep) -> dict[str, Any]:
+async def upload(
+    campaign_id: str, request: Request, caller: Sender, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
     campaign = repository.get_campaign(session, caller.org.id, campaign_id, for_update=True)
     if campaign.status not in UPLOADABLE:
-        raise Conflict(f"cannot add recipients to a campaign that is {campaign.status.value}",
-                       {"status": campaign.status.value}, code="invalid_transition")
+        raise Conflict(
+            f"cannot add recipients to a campaign that is {campaign.status.value}",
+            {"status": campaign.status.value},
+            code="invalid_transition",
+        )
     settings = state.settings
     length = int(request.headers.get("content-length") or 0)
     if length > settings.max_upload_bytes:
@@ -90,12 +103,21 @@ async def upload(campaign_id: str, request: Request, caller: Sender, session: Se
         try:
             body = RecipientsIn.model_validate(json.loads(await request.body() or b"null"))
         except (json.JSONDecodeError, ValidationError) as exc:
-            raise Invalid("body must be JSON {recipients: [{to, fields}]} or a multipart file",
-                          _json_errors(exc)) from None
+            raise Invalid(
+                "body must be JSON {recipients: [{to, fields}]} or a multipart file", _json_errors(exc)
+            ) from None
         columns, rows = rows_from_json(r.model_dump() for r in body.recipients)
         result = await run_in_threadpool(importer.run, columns, rows)
-    audit(session, caller.org.id, caller.key.id, "recipients.upload", campaign.id, upload=result.upload,
-          accepted=result.accepted, rejected=result.rejected)
+    audit(
+        session,
+        caller.org.id,
+        caller.key.id,
+        "recipients.upload",
+        campaign.id,
+        upload=result.upload,
+        accepted=result.accepted,
+        rejected=result.rejected,
+    )
     return result.as_dict()
 
 
@@ -125,19 +147,19 @@ def messages(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     campaign = repository.get_campaign(session, caller.org.id, campaign_id)
-    stmt = select(Message).where(Message.campaign_id == campaign.id)  # type: ignore[arg-type]
+    stmt = select(Message).where(col(Message.campaign_id) == campaign.id)
     if status is not None:
-        stmt = stmt.where(Message.status == status.value)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Message.status) == status.value)
     if gateway:
-        stmt = stmt.where(Message.gateway == gateway)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Message.gateway) == gateway)
     if carrier:
-        stmt = stmt.where(Message.carrier == carrier)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Message.carrier) == carrier)
     if error:
-        stmt = stmt.where(Message.error_code == error)  # type: ignore[arg-type]
+        stmt = stmt.where(col(Message.error_code) == error)
     after = decode_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(Message.id > int(after))  # type: ignore[operator]
-    rows = list(session.scalars(stmt.order_by(Message.id).limit(limit + 1)))  # type: ignore[arg-type]
+        stmt = stmt.where(col(Message.id) > int(after))
+    rows = list(session.scalars(stmt.order_by(col(Message.id)).limit(limit + 1)))
     items = [message_view(m) for m in rows[:limit]]
     next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return {"items": items, "next_cursor": next_cursor}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -47,8 +48,11 @@ def report_csv(campaign_id: str, caller: AnyRole, session: SessionDep, state: St
         yield buf.getvalue().encode()
 
     filename = f"{campaign.id}-report.csv"
-    return StreamingResponse(stream(), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return StreamingResponse(
+        stream(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.get("/{campaign_id}/report.xlsx", summary="Delivery report as XLSX")
@@ -71,11 +75,13 @@ def report_xlsx(campaign_id: str, caller: AnyRole, session: SessionDep, state: S
         rows_in_sheet += 1
     if sheet is None:
         wb.create_sheet("report").append(names)
-    tmp = tempfile.NamedTemporaryFile(suffix=".xlsx", delete=False)
-    tmp.close()
-    wb.save(tmp.name)
-    import os
+    fd, path = tempfile.mkstemp(suffix=".xlsx")
+    os.close(fd)
+    wb.save(path)
 
-    return FileResponse(tmp.name, filename=f"{campaign.id}-report.xlsx",
-                        media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                        background=BackgroundTask(os.unlink, tmp.name))
+    return FileResponse(
+        path,
+        filename=f"{campaign.id}-report.xlsx",
+        media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        background=BackgroundTask(os.unlink, path),
+    )

@@ -191,9 +191,7 @@ class SmppSession:
         self._started = False
         self._closing = threading.Event()
         self._wake = threading.Event()  # wakes the supervisor: a link died, or close()
-        self._supervisor = threading.Thread(
-            target=self._supervise, name=f"smpp-{cfg.name}-supervisor", daemon=True
-        )
+        self._supervisor = threading.Thread(target=self._supervise, name=f"smpp-{cfg.name}-supervisor", daemon=True)
 
     # --- public surface ------------------------------------------------------------------------
 
@@ -235,9 +233,7 @@ class SmppSession:
         """A snapshot of the counters."""
         return self._counters.snapshot()
 
-    def submit_many(
-        self, items: Sequence[Submit], before_each: Callable[[], None] | None = None
-    ) -> list[SubmitResult]:
+    def submit_many(self, items: Sequence[Submit], before_each: Callable[[], None] | None = None) -> list[SubmitResult]:
         """Submit ``items`` keeping up to ``cfg.window`` unanswered; one result per item, in order.
 
         Blocks until every written submit is answered, given up after ``response_timeout_s``
@@ -337,9 +333,7 @@ class SmppSession:
 
     def _log_backoff(self, state: RetryCallState) -> None:
         delay = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.info(
-            "smpp %s: rebinding in %.1f s (attempt %d)", self.cfg.name, delay, state.attempt_number + 1
-        )
+        logger.info("smpp %s: rebinding in %.1f s (attempt %d)", self.cfg.name, delay, state.attempt_number + 1)
 
     def _bind_and_serve(self) -> None:
         """One bind's life. Raises LinkDown when it failed or ended soon; returns after a long one."""
@@ -397,9 +391,7 @@ class SmppSession:
                 self._counters.add("reconnects")
             self._ever_bound = True
             self._cond.notify_all()
-        logger.info(
-            "smpp %s: bound to %s:%s (%s)", self.cfg.name, self.cfg.host, self.cfg.port, self.cfg.bind_mode
-        )
+        logger.info("smpp %s: bound to %s:%s (%s)", self.cfg.name, self.cfg.host, self.cfg.port, self.cfg.bind_mode)
         return True
 
     def _on_link_dead(self, link: Link) -> None:

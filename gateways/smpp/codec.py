@@ -164,9 +164,7 @@ _PUNCTUATION = str.maketrans(
         "\u2026": "...",  # horizontal ellipsis
         "\u2022": "-",  # bullet
         # Tab, no-break space, the typographic spaces U+2002-U+200A, narrow no-break, ideographic.
-        **dict.fromkeys(
-            "\t\u00a0\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000", " "
-        ),
+        **dict.fromkeys("\t\u00a0\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000", " "),
         "\u2028": "\n",  # line separator
         "\u2029": "\n",  # paragraph separator
         "\u00ad": None,  # soft hyphen

@@ -296,9 +296,7 @@ def receipt_id_candidates(raw: str | bytes, base: Literal["hex", "decimal", "aut
 
 # Final SMS outcomes from best to worst. A status only moves to a higher rank, and a message split
 # into segments takes the highest rank among them. Rejected is worst: the network refused it.
-STATUS_RANK: Mapping[str, int] = MappingProxyType(
-    {"delivered": 0, "expired": 1, "undeliverable": 2, "rejected": 3}
-)
+STATUS_RANK: Mapping[str, int] = MappingProxyType({"delivered": 0, "expired": 1, "undeliverable": 2, "rejected": 3})
 
 
 def worst_outcome(statuses: Iterable[str]) -> str:

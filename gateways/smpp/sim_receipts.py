@@ -92,9 +92,9 @@ def receipt_body(
     )
     optional = b""
     if tlvs:
-        optional = encode_tlv(
-            Tag.RECEIPTED_MESSAGE_ID, receipt_message_id.encode("ascii") + b"\x00"
-        ) + encode_tlv(Tag.MESSAGE_STATE, bytes((state,)))
+        optional = encode_tlv(Tag.RECEIPTED_MESSAGE_ID, receipt_message_id.encode("ascii") + b"\x00") + encode_tlv(
+            Tag.MESSAGE_STATE, bytes((state,))
+        )
     return encode_deliver_sm_body(
         source_addr_ton=submit.dest_addr_ton,
         source_addr_npi=submit.dest_addr_npi,

@@ -66,9 +66,7 @@ class BounceParseError(ValueError):
     """The input is not a bounce (or only reports successful delivery)."""
 
 
-def parse_bounce(
-    raw: bytes, *, verp_local_prefix: str = "bounce+", envelope_rcpt: str | None = None
-) -> Bounce:
+def parse_bounce(raw: bytes, *, verp_local_prefix: str = "bounce+", envelope_rcpt: str | None = None) -> Bounce:
     """Parse one bounce message; ``envelope_rcpt`` is RCPT TO when an SMTP receiver got it."""
     message = email.message_from_bytes(raw, policy=policy.compat32)
     verp_token = _verp_token(message, verp_local_prefix, envelope_rcpt)
@@ -92,9 +90,7 @@ def _from_dsn(message: Message, report: Message, verp_token: str | None) -> Boun
             break
     if chosen is None:
         actions = sorted({_action(b) or "none" for b in recipients})
-        raise BounceParseError(
-            f"delivery status report without a failed or delayed recipient ({', '.join(actions)})"
-        )
+        raise BounceParseError(f"delivery status report without a failed or delayed recipient ({', '.join(actions)})")
 
     action = _action(chosen)
     diagnostic = _field_value(chosen.get("Diagnostic-Code"))
@@ -103,9 +99,7 @@ def _from_dsn(message: Message, report: Message, verp_token: str | None) -> Boun
         kind = BounceKind.SOFT
     else:
         kind = BounceKind.SOFT if status is not None and status.startswith("4") else BounceKind.HARD
-    recipient = _address(
-        _field_value(chosen.get("Final-Recipient")) or _field_value(chosen.get("Original-Recipient"))
-    )
+    recipient = _address(_field_value(chosen.get("Final-Recipient")) or _field_value(chosen.get("Original-Recipient")))
     return Bounce(
         kind=kind,
         recipient=recipient,
@@ -180,10 +174,7 @@ def _from_plain(message: Message, verp_token: str | None, verp_prefix: str) -> B
     status_match = _ENHANCED_FAILURE.search(text)
     reply_match = _BASIC_REPLY.search(text)
     status = ".".join(status_match.groups()) if status_match else None
-    if status is not None:
-        hard = status.startswith("5")
-    else:
-        hard = reply_match is not None and reply_match.group(1) == "5"
+    hard = status.startswith("5") if status is not None else bool(reply_match and reply_match.group(1) == "5")
     diagnostic_at = status_match or reply_match
     diagnostic = None
     if diagnostic_at is not None:
@@ -198,8 +189,7 @@ def _from_plain(message: Message, verp_token: str | None, verp_prefix: str) -> B
         status=status,
         diagnostic=_short(diagnostic),
         verp_token=verp_token,
-        original_message_id=(message_id_match.group(1) if message_id_match else None)
-        or _original_message_id(message),
+        original_message_id=(message_id_match.group(1) if message_id_match else None) or _original_message_id(message),
         action=None,
     )
 

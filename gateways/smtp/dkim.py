@@ -64,9 +64,7 @@ class DkimSigner:
         self.domain = domain.lower().rstrip(".")
         self.selector = selector
         self._key = _load_private_key(key_pem)
-        self.algorithm = (
-            "ed25519-sha256" if isinstance(self._key, ed25519.Ed25519PrivateKey) else "rsa-sha256"
-        )
+        self.algorithm = "ed25519-sha256" if isinstance(self._key, ed25519.Ed25519PrivateKey) else "rsa-sha256"
 
     def sign(self, message: bytes, *, timestamp: int | None = None) -> bytes:
         """Return ``message`` (CRLF-normalised) with a DKIM-Signature header prepended."""
@@ -135,9 +133,7 @@ def public_dns_record(key_pem: bytes) -> str:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode('ascii')}"
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
 
 

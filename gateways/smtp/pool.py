@@ -90,10 +90,7 @@ def _worth_retrying(exc: BaseException) -> bool:
         return False
     return isinstance(
         exc,
-        OSError
-        | aiosmtplib.SMTPConnectError
-        | aiosmtplib.SMTPServerDisconnected
-        | aiosmtplib.SMTPTimeoutError,
+        OSError | aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | aiosmtplib.SMTPTimeoutError,
     )
 
 
@@ -186,9 +183,7 @@ class SmtpPool:
                 try:
                     await conn.client.noop()
                 except (aiosmtplib.SMTPException, OSError) as exc:
-                    logger.debug(
-                        "relay %s: idle connection %d failed NOOP: %s", self.cfg.name, conn.number, exc
-                    )
+                    logger.debug("relay %s: idle connection %d failed NOOP: %s", self.cfg.name, conn.number, exc)
                     conn.client.close()
                     continue
             return conn, True

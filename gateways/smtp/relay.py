@@ -121,9 +121,7 @@ def classify_reply(code: int, text: str, stage: Stage) -> SendResult:
     if 400 <= code < 500:
         return SendResult(Outcome.TRANSIENT, code, text)
     if code == 530:
-        return SendResult(
-            Outcome.TRANSIENT, code, f"relay wants AUTH or STARTTLS (check the relay settings): {text}"
-        )
+        return SendResult(Outcome.TRANSIENT, code, f"relay wants AUTH or STARTTLS (check the relay settings): {text}")
     if 500 <= code < 600:
         status = enhanced_status(text)
         if stage == "mail":
@@ -216,13 +214,9 @@ def _check_error(cfg: RelayConfig, where: str, exc: Exception) -> RelayCheckErro
     if tls_error is not None:
         return RelayCheckError(f"{where}: TLS handshake failed ({tls_error.reason}); check tls = {cfg.tls!r}")
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return RelayCheckError(
-            f"{where}: authentication as {cfg.username!r} rejected: {exc.code} {exc.message}"
-        )
+        return RelayCheckError(f"{where}: authentication as {cfg.username!r} rejected: {exc.code} {exc.message}")
     if isinstance(exc, aiosmtplib.SMTPTimeoutError):
-        hint = (
-            " (does the port expect TLS from the first byte? then tls = 'tls')" if cfg.tls == "none" else ""
-        )
+        hint = " (does the port expect TLS from the first byte? then tls = 'tls')" if cfg.tls == "none" else ""
         return RelayCheckError(f"{where}: no answer within {cfg.timeout_s:g} s{hint}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return RelayCheckError(f"{where}: refused: {exc.code} {exc.message}")

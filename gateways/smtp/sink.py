@@ -243,9 +243,7 @@ def serve(cfg: SinkConfig) -> None:
         while not stop.wait(10.0):
             if sink.count != last:
                 last = sink.count
-                logger.info(
-                    "SMTP sink: %d messages received on %d connections", last, sink.connections_opened
-                )
+                logger.info("SMTP sink: %d messages received on %d connections", last, sink.connections_opened)
     finally:
         sink.stop()
         for sig, handler in previous.items():

@@ -114,9 +114,7 @@ class SinkMailbox:
 class SinkSession(SMTP):
     """aiosmtpd's SMTP protocol with our connection number attached."""
 
-    def __init__(
-        self, handler: SinkHandler, *, connection_id: int, implicit_tls: bool, **kwargs: Any
-    ) -> None:
+    def __init__(self, handler: SinkHandler, *, connection_id: int, implicit_tls: bool, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.connection_id = connection_id
         self.messages_accepted = 0

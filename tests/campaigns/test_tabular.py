@@ -29,9 +29,7 @@ def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",", encoding:
     return path
 
 
-def read(
-    path: Path, filename: str | None = None, content_type: str | None = None
-) -> tuple[list[str], list[Row]]:
+def read(path: Path, filename: str | None = None, content_type: str | None = None) -> tuple[list[str], list[Row]]:
     with path.open("rb") as handle:
         table = open_table(handle, filename if filename is not None else path.name, content_type)
         return table.header, list(table)
@@ -298,9 +296,7 @@ def test_sample_encoders_produce_the_expected_bytes() -> None:
 )
 def test_legacy_encodings_are_named(encode: Any, name: str) -> None:
     text = (
-        SAMPLE
-        if name != "Windows-1252 (Western European)"
-        else "name,city\nFrançois Müller,Zürich\nJosé Peña,Málaga\n"
+        SAMPLE if name != "Windows-1252 (Western European)" else "name,city\nFrançois Müller,Zürich\nJosé Peña,Málaga\n"
     )
     error = table_error(encode(text))
     assert error.code == "legacy_encoding"

@@ -148,9 +148,7 @@ class Changes:
 # --- LeaseManager ----------------------------------------------------------------------------
 
 
-def test_slots_are_exclusive_and_only_the_owner_renews_or_releases(
-    client: redis.Redis[bytes], prefix: str
-) -> None:
+def test_slots_are_exclusive_and_only_the_owner_renews_or_releases(client: redis.Redis[bytes], prefix: str) -> None:
     a = LeaseManager(client, "owner-a", ttl_s=5, prefix=prefix)
     b = LeaseManager(client, "owner-b", ttl_s=5, prefix=prefix)
     assert a.try_acquire("gw", 2) == 0
@@ -347,9 +345,7 @@ def test_a_partitioned_keeper_lets_go_before_anyone_can_take_over(private_redis:
         assert dropped_at is not None, "the keeper still believes it holds a slot someone else has"
         assert dropped_at < taken_at
         proxy.cut.clear()
-        wait_until(
-            lambda: changes.last == {1 - slot}, timeout=5, what="the keeper to take the free slot again"
-        )
+        wait_until(lambda: changes.last == {1 - slot}, timeout=5, what="the keeper to take the free slot again")
     finally:
         proxy.cut.clear()
         keeper.stop()

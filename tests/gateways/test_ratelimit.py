@@ -204,9 +204,7 @@ def test_penalise_and_recover(client: redis.Redis[bytes], prefix: str) -> None:
     assert client.hget(prefix + "k", "f") is None
 
 
-def test_a_burst_of_throttles_is_one_penalty_and_recovery_waits(
-    client: redis.Redis[bytes], prefix: str
-) -> None:
+def test_a_burst_of_throttles_is_one_penalty_and_recovery_waits(client: redis.Redis[bytes], prefix: str) -> None:
     limiter = RateLimiter(client, prefix)  # penalty_hold_s = recover_interval_s = 1
     assert [limiter.penalise("k") for _ in range(5)] == pytest.approx([0.5] * 5)
     assert limiter.recover("k") == pytest.approx(0.5), "no recovery right after a penalty"
@@ -268,15 +266,10 @@ def _grant_loop(url: str, prefix: str, ready: Any, go: Any, start: Any, out: Any
     conn.close()
 
 
-def test_processes_sharing_a_key_stay_within_tps_every_calendar_second(
-    client: redis.Redis[bytes], prefix: str
-) -> None:
+def test_processes_sharing_a_key_stay_within_tps_every_calendar_second(client: redis.Redis[bytes], prefix: str) -> None:
     ctx = mp.get_context("spawn")
     ready, out, go, start = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
-    procs = [
-        ctx.Process(target=_grant_loop, args=(REDIS_URL, prefix, ready, go, start, out))
-        for _ in range(PROCESSES)
-    ]
+    procs = [ctx.Process(target=_grant_loop, args=(REDIS_URL, prefix, ready, go, start, out)) for _ in range(PROCESSES)]
     for proc in procs:
         proc.start()
     try:

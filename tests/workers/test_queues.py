@@ -18,7 +18,13 @@ def test_roles_expand_to_queues_per_gateway() -> None:
     assert queues_for_roles([Role.SMS], gw) == ["sms.viettel", "sms.vinaphone", "sms.default"]
     assert queues_for_roles([Role.EMAIL], gw) == ["email.sink"]
     assert set(queues_for_roles(parse_roles(None), gw)) == {
-        "dispatch", "receipts", "sms.viettel", "sms.vinaphone", "sms.default", "email.sink"}
+        "dispatch",
+        "receipts",
+        "sms.viettel",
+        "sms.vinaphone",
+        "sms.default",
+        "email.sink",
+    }
 
 
 def test_parse_roles() -> None:

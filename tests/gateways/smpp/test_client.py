@@ -228,9 +228,9 @@ def test_a_dropped_connection_mid_batch_loses_no_ref_and_the_session_rebinds_by_
     assert accepted == 5
     assert accepted - 3 <= seen.count(Outcome.OK) <= accepted
     assert seen.count(Outcome.OK) + seen.count(Outcome.AMBIGUOUS) <= accepted + 3
-    assert [r.provider_id for r in results if r.outcome is Outcome.OK] == [
-        rec.message_id for rec in smsc.stats.log
-    ][: seen.count(Outcome.OK)]
+    assert [r.provider_id for r in results if r.outcome is Outcome.OK] == [rec.message_id for rec in smsc.stats.log][
+        : seen.count(Outcome.OK)
+    ]
     assert session.wait_bound(5)
     assert session.stats["reconnects"] == 1
     assert smsc.stats.max_sessions("sys") == 1  # the dead bind was gone before the new one
@@ -322,18 +322,14 @@ def test_receipts_are_handed_over_in_batches_and_acked_only_after_the_handler(
     release.set()
     assert wait_until(lambda: smsc.stats.receipts_acked == 30)
     delivered = receiver.delivered
-    assert sorted(d.receipted_message_id or "" for d in delivered) == sorted(
-        r.provider_id or "" for r in results
-    )
+    assert sorted(d.receipted_message_id or "" for d in delivered) == sorted(r.provider_id or "" for r in results)
     assert all(d.is_receipt and d.message_state == 2 for d in delivered)
     assert len(receiver.batches) < 30
     assert max(len(b) for b in receiver.batches) > 1
     assert session.stats["delivers"] == 30
 
 
-def test_a_failing_handler_gets_the_receipt_again_later(
-    start_smsc: StartSmsc, open_session: OpenSession
-) -> None:
+def test_a_failing_handler_gets_the_receipt_again_later(start_smsc: StartSmsc, open_session: OpenSession) -> None:
     smsc = start_smsc(redeliver_delay_s=0.1)
     session, receiver = open_session(smsc, receiver=Receiver(fail_calls=1))
 
@@ -345,9 +341,7 @@ def test_a_failing_handler_gets_the_receipt_again_later(
     assert session.stats["deliver_failures"] == 1
 
 
-def test_receipts_may_overtake_their_submit_response(
-    start_smsc: StartSmsc, open_session: OpenSession
-) -> None:
+def test_receipts_may_overtake_their_submit_response(start_smsc: StartSmsc, open_session: OpenSession) -> None:
     smsc = start_smsc(receipt_before_response=True)
     session, receiver = open_session(smsc)
 

@@ -55,9 +55,7 @@ def test_bad_dates_do_not_reject_the_receipt(bad: str) -> None:
 
 
 def test_field_names_in_other_case_and_spelling() -> None:
-    info = parse_receipt(
-        "ID:AbC12 Sub:1 DLVRD:0 Submit_Date:2401151230 DONE DATE:2401151240 Stat:undeliv Err:012"
-    )
+    info = parse_receipt("ID:AbC12 Sub:1 DLVRD:0 Submit_Date:2401151230 DONE DATE:2401151240 Stat:undeliv Err:012")
     assert info.message_id == "AbC12"
     assert info.state is ReceiptState.UNDELIVERABLE
     assert info.raw_stat == "undeliv"

@@ -225,9 +225,7 @@ def test_submit_needs_a_transmitting_bind(smsc_factory: Callable[..., Smsc], esm
 # -- submit_sm and receipts ------------------------------------------------------------------
 
 
-def test_submit_gets_an_id_and_a_receipt_in_text_and_tlvs(
-    smsc_factory: Callable[..., Smsc], esmes: Any
-) -> None:
+def test_submit_gets_an_id_and_a_receipt_in_text_and_tlvs(smsc_factory: Callable[..., Smsc], esmes: Any) -> None:
     smsc = smsc_factory()
     esme = esmes(smsc.port)
 
@@ -362,9 +360,7 @@ def test_duplicate_receipts_and_enroute_first(smsc_factory: Callable[..., Smsc],
     assert smsc.stats.receipts_sent == 4
 
 
-def test_receipts_wait_for_a_receiver_and_go_to_a_later_bind(
-    smsc_factory: Callable[..., Smsc], esmes: Any
-) -> None:
+def test_receipts_wait_for_a_receiver_and_go_to_a_later_bind(smsc_factory: Callable[..., Smsc], esmes: Any) -> None:
     smsc = smsc_factory()
     transmitter = esmes(smsc.port, mode="transmitter")
     for n in range(3):
@@ -379,9 +375,7 @@ def test_receipts_wait_for_a_receiver_and_go_to_a_later_bind(
     assert smsc.queued("loa") == 0
 
 
-def test_unanswered_and_refused_receipts_are_delivered_again(
-    smsc_factory: Callable[..., Smsc], esmes: Any
-) -> None:
+def test_unanswered_and_refused_receipts_are_delivered_again(smsc_factory: Callable[..., Smsc], esmes: Any) -> None:
     smsc = smsc_factory(redeliver_delay_s=0.02)
     esme = esmes(smsc.port)
     esme.submit()
@@ -399,9 +393,7 @@ def test_unanswered_and_refused_receipts_are_delivered_again(
     assert smsc.stats.receipts_sent == 3
 
 
-def test_segments_are_separate_submits_with_their_own_ids(
-    smsc_factory: Callable[..., Smsc], esmes: Any
-) -> None:
+def test_segments_are_separate_submits_with_their_own_ids(smsc_factory: Callable[..., Smsc], esmes: Any) -> None:
     smsc = smsc_factory()
     esme = esmes(smsc.port)
     udh = b"\x05\x00\x03\x7f\x02"
@@ -411,9 +403,7 @@ def test_segments_are_separate_submits_with_their_own_ids(
     pdus = [esme.read() for _ in range(4)]  # two responses, two receipts
 
     resps = [p for p in pdus if p.command == "submit_sm_resp"]
-    receipts = {
-        p.receipted_message_id: _fields(p.short_message)["text"] for p in pdus if p.command == "deliver_sm"
-    }
+    receipts = {p.receipted_message_id: _fields(p.short_message)["text"] for p in pdus if p.command == "deliver_sm"}
     assert len({r.message_id for r in resps}) == 2
     assert sorted(receipts.values()) == ["a" * 20, "b" * 10]
     assert [r.esm_class for r in smsc.stats.log] == [0x40, 0x40]
@@ -431,9 +421,7 @@ def test_message_ids_are_unique_across_sessions(smsc_factory: Callable[..., Smsc
     assert len(set(ids)) == 100 == smsc.stats.submits
 
 
-def test_duplicates_count_repeated_destination_and_text(
-    smsc_factory: Callable[..., Smsc], esmes: Any
-) -> None:
+def test_duplicates_count_repeated_destination_and_text(smsc_factory: Callable[..., Smsc], esmes: Any) -> None:
     smsc = smsc_factory(receipts=False)
     esme = esmes(smsc.port)
     for text in (b"one", b"two", b"one", b"one"):
@@ -450,9 +438,7 @@ def test_duplicates_count_repeated_destination_and_text(
 # -- throttling, rejections and faults -------------------------------------------------------
 
 
-def test_tps_cap_throttles_and_per_second_counts_every_submit(
-    smsc_factory: Callable[..., Smsc], esmes: Any
-) -> None:
+def test_tps_cap_throttles_and_per_second_counts_every_submit(smsc_factory: Callable[..., Smsc], esmes: Any) -> None:
     smsc = smsc_factory(accounts=[Account("loa", "loa", tps=5)], receipts=False)
     first, second = esmes(smsc.port), esmes(smsc.port)
     for n in range(15):
@@ -676,9 +662,7 @@ def test_serve_logs_binds_and_stops_on_sigterm(tmp_path: Path) -> None:
         "serve(SimulatorConfig(port=0))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()

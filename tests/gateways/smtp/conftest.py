@@ -36,9 +36,7 @@ def secure_sink() -> Iterator[SmtpSink]:
 
 def relay_for(sink: SmtpSink, **overrides: Any) -> RelayConfig:
     """A relay pointing at ``sink``; TLS and AUTH set up to match the sink's configuration."""
-    cfg = RelayConfig(
-        name="test-relay", host="127.0.0.1", port=sink.port, timeout_s=5.0, local_hostname="gso.gov.vn"
-    )
+    cfg = RelayConfig(name="test-relay", host="127.0.0.1", port=sink.port, timeout_s=5.0, local_hostname="gso.gov.vn")
     if sink.config.needs_tls:
         cfg = replace(
             cfg,

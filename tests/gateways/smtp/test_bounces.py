@@ -229,8 +229,7 @@ def test_postfix_dsn() -> None:
         recipient="nguyen.van.a@thudo.vn",
         status="5.1.1",
         diagnostic=(
-            "550 5.1.1 <nguyen.van.a@thudo.vn>: Recipient address rejected: "
-            "User unknown in virtual mailbox table"
+            "550 5.1.1 <nguyen.van.a@thudo.vn>: Recipient address rejected: User unknown in virtual mailbox table"
         ),
         verp_token="m1042",
         original_message_id="<m1042.9f8e7d6c5b4a3921@gso.gov.vn>",
@@ -318,9 +317,7 @@ def test_verp_token_from_the_smtp_envelope_and_custom_prefix() -> None:
 
 def test_bounce_of_a_message_we_built_maps_back_to_it() -> None:
     builder = MessageBuilder("Tổng cục Thống kê <tongdieutra@gso.gov.vn>", verp=True)
-    built = builder.build(
-        "ghost@thudo.vn", EmailTemplateParts("Mật khẩu", "x", "<p>x</p>"), message_key="c7-m123"
-    )
+    built = builder.build("ghost@thudo.vn", EmailTemplateParts("Mật khẩu", "x", "<p>x</p>"), message_key="c7-m123")
     dsn = (
         b"From: MAILER-DAEMON@mx.thudo.vn\r\nTo: " + built.envelope_from.encode() + b"\r\n"
         b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
@@ -340,10 +337,7 @@ def test_bounce_of_a_message_we_built_maps_back_to_it() -> None:
 
 
 def test_base64_encoded_delivery_status_is_read() -> None:
-    report = (
-        b"Reporting-MTA: dns; mx.vn\r\n\r\n"
-        b"Final-Recipient: rfc822; x@y.vn\r\nAction: failed\r\nStatus: 5.2.2\r\n"
-    )
+    report = b"Reporting-MTA: dns; mx.vn\r\n\r\nFinal-Recipient: rfc822; x@y.vn\r\nAction: failed\r\nStatus: 5.2.2\r\n"
     dsn = (
         b"From: postmaster@y.vn\r\nTo: bounce+k1@gso.gov.vn\r\n"
         b"Subject: Undeliverable\r\nMIME-Version: 1.0\r\n"

@@ -58,9 +58,7 @@ def campaign_message() -> bytes:
     builder = MessageBuilder(
         "Tổng cục Thống kê <tongdieutra@gso.gov.vn>", list_unsubscribe="https://gso.gov.vn/u/{message_key}"
     )
-    parts = EmailTemplateParts(
-        "Thông tin đăng nhập – đơn vị HN-0042", None, "<p>Mật khẩu: <b>x7#Qk9!</b></p>"
-    )
+    parts = EmailTemplateParts("Thông tin đăng nhập – đơn vị HN-0042", None, "<p>Mật khẩu: <b>x7#Qk9!</b></p>")
     return builder.build("a.nguyen@thudo.vn", parts, message_key="m42").data
 
 

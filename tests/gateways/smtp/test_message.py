@@ -38,9 +38,7 @@ def body(message: EmailMessage, subtype: str) -> str:
     return content.replace("\r\n", "\n")
 
 
-def build(
-    parts: EmailTemplateParts, *, builder: MessageBuilder | None = None, to: str = "a.nguyen@thudo.vn"
-) -> bytes:
+def build(parts: EmailTemplateParts, *, builder: MessageBuilder | None = None, to: str = "a.nguyen@thudo.vn") -> bytes:
     return (builder or MessageBuilder(SENDER)).build(to, parts, message_key="m42").data
 
 
@@ -132,32 +130,23 @@ def test_header_injection_is_neutralised() -> None:
     assert message["Bcc"] is None
     assert message["Subject"] == "Hi Bcc: victim@example.com"
     with pytest.raises(ValueError, match="line breaks"):
-        MessageBuilder(SENDER).build(
-            "a@b.vn\r\nBcc: c@d.vn", EmailTemplateParts("s", "x", None), message_key="k"
-        )
+        MessageBuilder(SENDER).build("a@b.vn\r\nBcc: c@d.vn", EmailTemplateParts("s", "x", None), message_key="k")
 
 
 def test_envelope_without_and_with_verp() -> None:
     parts = EmailTemplateParts("s", "x", None)
 
-    assert (
-        MessageBuilder(SENDER).build("a@b.vn", parts, message_key="m7").envelope_from
-        == "tongdieutra@gso.gov.vn"
-    )
+    assert MessageBuilder(SENDER).build("a@b.vn", parts, message_key="m7").envelope_from == "tongdieutra@gso.gov.vn"
     verp_own = MessageBuilder(SENDER, verp=True).build("a@b.vn", parts, message_key="m7")
     assert verp_own.envelope_from == "bounce+m7@gso.gov.vn"
-    verp_other = MessageBuilder(SENDER, verp_domain="bounces.gso.gov.vn").build(
-        "a@b.vn", parts, message_key="m7"
-    )
+    verp_other = MessageBuilder(SENDER, verp_domain="bounces.gso.gov.vn").build("a@b.vn", parts, message_key="m7")
     assert verp_other.envelope_from == "bounce+m7@bounces.gso.gov.vn"
     # The From header never changes with VERP: DMARC aligns on it.
     assert parse(verp_other.data)["From"].addresses[0].addr_spec == "tongdieutra@gso.gov.vn"
 
 
 def test_list_unsubscribe_one_click_per_recipient() -> None:
-    builder = MessageBuilder(
-        SENDER, list_unsubscribe="https://gso.gov.vn/unsub/{message_key}, mailto:unsub@gso.gov.vn"
-    )
+    builder = MessageBuilder(SENDER, list_unsubscribe="https://gso.gov.vn/unsub/{message_key}, mailto:unsub@gso.gov.vn")
     message = parse(builder.build("a@b.vn", EmailTemplateParts("s", "x", None), message_key="m9").data)
 
     assert message["List-Unsubscribe"] == "<https://gso.gov.vn/unsub/m9>, <mailto:unsub@gso.gov.vn>"
@@ -179,9 +168,7 @@ def test_mailto_only_unsubscribe_has_no_one_click_and_none_by_default() -> None:
 
 
 def test_idn_recipient_domain_becomes_punycode() -> None:
-    built = MessageBuilder(SENDER).build(
-        "lan@bộgiáodục.vn", EmailTemplateParts("s", "x", None), message_key="k"
-    )
+    built = MessageBuilder(SENDER).build("lan@bộgiáodục.vn", EmailTemplateParts("s", "x", None), message_key="k")
 
     assert built.recipient == "lan@xn--bgiodc-rta7842dida.vn"
     assert parse(built.data)["To"] == "lan@xn--bgiodc-rta7842dida.vn"

@@ -82,9 +82,7 @@ def test_check_relay_starttls_and_auth(secure_sink: SmtpSink) -> None:
 
 
 def test_check_relay_wrong_password(secure_sink: SmtpSink) -> None:
-    with pytest.raises(
-        RelayCheckError, match=r"test-relay .*authentication as 'loa-relay' rejected: 535"
-    ) as info:
+    with pytest.raises(RelayCheckError, match=r"test-relay .*authentication as 'loa-relay' rejected: 535") as info:
         asyncio.run(check_relay(relay_for(secure_sink, password="wrong")))
 
     assert "wrong" not in str(info.value)
