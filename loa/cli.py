@@ -249,18 +249,22 @@ def keys_list() -> None:
     settings = load_settings()
     with transaction(make_engine(settings.effective_database_url)) as session:
         orgs = {o.id: o.name for o in session.query(Organisation)}
-        table = Table("id", "organisation", "role", "name", "prefix", "created", "revoked")
+        table = Table("organisation", "role", "name", "prefix", "created", "revoked")
+        table.add_column("id", no_wrap=True, min_width=20)
         for k in list_keys(session):
             table.add_row(
-                k.id,
                 orgs.get(k.org_id, k.org_id),
                 str(k.role),
                 k.name,
                 k.prefix + "…",
                 k.created_at.isoformat(timespec="seconds"),
                 k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+                k.id,
             )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # scripts read the ids: never truncate them
+    console.print(table)
 
 
 @keys_app.command("revoke")
