@@ -134,7 +134,7 @@ class Stack:
         if api and not self.wait_api():
             raise RuntimeError(f"the API did not answer on port {self.api_port}; see {self.state_dir / 'logs'}")
 
-    def wait_api(self, timeout: float = 30.0) -> bool:
+    def wait_api(self, timeout: float = 120.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
