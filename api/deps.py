@@ -40,7 +40,9 @@ def get_session(state: StateDep) -> Iterator[Session]:
             raise
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit (or roll back) when the route returns, before the response is sent, so
+# a client that reads right after a 2xx sees what it wrote.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 @dataclass(frozen=True)
