@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.deps import Unauthorized
 from api.idempotency import IdempotencyMiddleware
-from api.routes import admin, campaigns, messages, recipients, reports
+from api.openapi import install_openapi
+from api.routes import admin, campaigns, dashboard, messages, recipients, replies, reports, webhooks
 from api.state import AppState
 from loa.crypto import SecretBox
 from loa.db import make_engine
@@ -25,7 +26,6 @@ from workers.celery_app import configure as configure_celery
 from workers.runtime import gateways_for
 
 log = logging.getLogger(__name__)
-STATIC = Path(__file__).resolve().parent / "static"
 
 HTTP_CODES = {
     400: "bad_request",
@@ -72,9 +72,11 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
     )
     app.state.loa = state or build_state(settings)
     app.add_middleware(IdempotencyMiddleware)
-    for module in (campaigns, recipients, reports, messages, admin):
+    for module in (campaigns, recipients, reports, messages, replies, admin, webhooks):
         app.include_router(module.router)
+    dashboard.install(app)  # `/`, /static, /v1/me, /metrics
     _install_error_handlers(app)
+    install_openapi(app)
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database reachability (no auth)")
     def healthz() -> dict[str, Any]:
@@ -93,34 +95,29 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
                 redis_ok = False
         return {"status": "ok" if db_ok else "degraded", "database": db_ok, "redis": redis_ok}
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (bearer LOA_METRICS_TOKEN if set)")
-    def metrics(request: Request) -> Response:
-        token = settings.metrics_token
-        if token is not None:
-            presented = request.headers.get("authorization", "").partition(" ")[2]
-            if presented != token.get_secret_value():
-                return JSONResponse(error_body("unauthorized", "metrics need the metrics token"), status_code=401)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", include_in_schema=False)
-    def dashboard() -> HTMLResponse:
-        index = STATIC / "index.html"
-        if index.exists():
-            return HTMLResponse(index.read_text(encoding="utf-8"))
-        return HTMLResponse("<!doctype html><title>Loa</title><h1>Loa</h1><p>API docs: <a href='/docs'>/docs</a></p>")
-
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoaError)
     async def loa_error(_request: Request, exc: LoaError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status_code)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(DataError)
+    async def data_error(_request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the client sent (Postgres: a NUL character, a number out of
+        # range). The value is not logged: it may be anything, a secret included.
+        log.warning("database refused a request value (%s)", type(exc.orig).__name__)
+        message = "a value in the request cannot be stored or compared (for example a NUL character)"
+        return JSONResponse(error_body("invalid_value", message), status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "reason": str(e.get("msg", ""))}
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "reason": _reason(e)}
             for e in exc.errors()[:50]
         ]
         first = details[0] if details else {"field": "", "reason": "invalid request"}
@@ -138,3 +135,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return JSONResponse(error_body("internal_error", "internal error; see the server log"), status_code=500)
+
+
+def _reason(error: dict[str, Any]) -> str:
+    """Pydantic's message without its "Value error, " prefix (our validators say it all)."""
+    message = str(error.get("msg", ""))
+    return message.removeprefix("Value error, ")

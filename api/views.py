@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
 
 from accounts.models import ApiKey, AuditEntry
-from campaigns import repository
+from campaigns import tally
+from campaigns.counters import GATEWAY
 from campaigns.models import Campaign, Message, MessageEvent
-from loa.timeutil import iso_z
+from loa.errors import Invalid
+from loa.timeutil import iso_z, to_utc
 
-MASK = "••••••"
+MAX_CURSOR = 512
 
 
 def campaign_view(session: Session, c: Campaign, *, with_counts: bool = True) -> dict[str, Any]:
@@ -30,20 +34,24 @@ def campaign_view(session: Session, c: Campaign, *, with_counts: bool = True) ->
         "schedule": {"start_at": iso_z(c.start_at), "window": c.window, "deadline": iso_z(c.deadline)},
         "rate_limit": c.rate_limit,
         "priority": str(c.priority),
-        "options": {k: v for k, v in c.options.items() if k != "purged_at"},
+        "options": {k: v for k, v in c.options.items() if k not in ("purged_at", "approval", "test_of")},
+        "test_of": c.options.get("test_of"),
         "waiting_for_window": c.waiting_for_window,
         "failure_reason": c.failure_reason,
         "approved_by": c.approved_by,
+        "approved_at": (c.options.get("approval") or {}).get("at") if c.approved_by else None,
         "created_at": iso_z(c.created_at),
         "updated_at": iso_z(c.updated_at),
         "launched_at": iso_z(c.launched_at),
         "finished_at": iso_z(c.finished_at),
     }
     if with_counts:
-        counts, by_gateway = repository.status_counts(session, c.id)
-        view["counts"] = counts
-        view["by_gateway"] = by_gateway
-        view["stats"] = repository.campaign_stats(session, c.id)
+        # From the live counters (campaigns/counters.py), not a recount of the messages.
+        t = tally.read(session, c.id)
+        view["counts"] = t.counts()
+        view["by_gateway"] = t.by(GATEWAY)
+        view["stats"] = tally.stats_view(t)
+        view["progress"] = tally.progress(view["counts"])
     return view
 
 
@@ -71,7 +79,9 @@ def message_view(m: Message, events: list[MessageEvent] | None = None) -> dict[s
         "updated_at": iso_z(m.updated_at),
     }
     if events is not None:
-        view["events"] = [{"at": iso_z(e.at), "kind": e.kind, "detail": e.detail} for e in events]
+        # The timeline starts when the recipient was queued (the row itself records it).
+        queued = {"at": iso_z(m.created_at), "kind": "queued", "detail": {"upload": m.upload_id, "row": m.row}}
+        view["events"] = [queued, *({"at": iso_z(e.at), "kind": e.kind, "detail": e.detail} for e in events)]
     return view
 
 
@@ -103,13 +113,40 @@ def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
+def _bad_cursor() -> Invalid:
+    return Invalid("invalid cursor: pass next_cursor from the previous page unchanged", {"field": "cursor"})
+
+
 def decode_cursor(cursor: str | None) -> Any:
     if not cursor:
         return None
-    from loa.errors import Invalid
-
+    if len(cursor) > MAX_CURSOR:
+        raise _bad_cursor()
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return json.loads(base64.urlsafe_b64decode(padded))
-    except (ValueError, json.JSONDecodeError):
-        raise Invalid("invalid cursor", {"field": "cursor"}) from None
+        return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeError):  # JSONDecodeError is a ValueError
+        raise _bad_cursor() from None
+
+
+def int_cursor(cursor: str | None) -> int | None:
+    """A cursor that holds an id (keyset pagination on an integer primary key)."""
+    value = decode_cursor(cursor)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise _bad_cursor()
+    return int(value)
+
+
+def time_id_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """A cursor that holds (timestamp, id), for lists ordered by creation time."""
+    value = decode_cursor(cursor)
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise _bad_cursor()
+    try:
+        return to_utc(datetime.fromisoformat(value[0])), value[1]
+    except (ValueError, OverflowError):
+        raise _bad_cursor() from None

@@ -19,10 +19,11 @@ import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import redis
 
-from gateways.ratelimit import DEFAULT_LOOKAHEAD_S, RateLimiter, safe_rate
+from gateways.ratelimit import DEFAULT_CATCH_UP_S, DEFAULT_LOOKAHEAD_S, RateLimiter, safe_rate
 
 DEFAULT_URL = os.environ.get("LOA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TPS = (200.0, 300.0)
@@ -38,19 +39,16 @@ def _drive(limiter: RateLimiter, key: str, rate: float, start: float, end: float
         out.append(now)
 
 
-def _worker(
-    url: str,
-    lookahead_s: float,
-    keys: list[str],
-    start: float,
-    end: float,
-    results: mp.Queue[dict[str, list[int]]],
-) -> None:
+def _worker(url: str, lookahead_s: float, keys: list[str], seconds: int, ready: Any, go: Any, begin: Any) -> None:
     client = redis.Redis.from_url(url)
     limiter = RateLimiter(client, lookahead_s=lookahead_s)
+    limiter.reserve(f"{keys[0]}:warm-up", 1000.0)  # load the script before the clock starts
+    ready.put(os.getpid())
+    go.wait()
+    start = begin.value
     stamps: dict[str, list[float]] = {key: [] for key in keys}
     threads = [
-        threading.Thread(target=_drive, args=(limiter, key, safe_rate(tps), start, end, stamps[key]))
+        threading.Thread(target=_drive, args=(limiter, key, safe_rate(tps), start, start + seconds, stamps[key]))
         for key, tps in zip(keys, TPS, strict=True)
     ]
     for thread in threads:
@@ -58,7 +56,7 @@ def _worker(
     for thread in threads:
         thread.join()
     # Whole seconds since the epoch are calendar seconds; send integers, not every timestamp.
-    results.put({key: [math.floor(t) for t in ts] for key, ts in stamps.items()})
+    ready.put({key: [math.floor(t) for t in ts] for key, ts in stamps.items()})
     client.close()
 
 
@@ -75,25 +73,29 @@ def main() -> None:
     run = uuid.uuid4().hex[:8]
     keys = [f"bench:{run}:{int(tps)}tps" for tps in TPS]
     ctx = mp.get_context("spawn")
-    results: mp.Queue[dict[str, list[int]]] = ctx.Queue()
-    # Start on a whole second, far enough ahead for the spawned interpreters to be ready, so every
-    # second of the run is a full calendar second.
-    start = math.ceil(time.time()) + 2
-    end = start + args.seconds
-    procs = [
-        ctx.Process(target=_worker, args=(args.redis_url, args.lookahead_ms / 1000, keys, start, end, results))
-        for _ in range(args.processes)
-    ]
+    queue, go, begin = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
+    worker_args = (args.redis_url, args.lookahead_ms / 1000, keys, args.seconds, queue, go, begin)
+    procs = [ctx.Process(target=_worker, args=worker_args) for _ in range(args.processes)]
     for proc in procs:
         proc.start()
+    for _ in procs:
+        queue.get()  # ready
+    # Start on a whole second once every process is ready, so each second counted is a full one.
+    start = math.ceil(time.time() + 0.2)
+    begin.value = start
+    go.set()
     per_second: dict[str, Counter[int]] = {key: Counter() for key in keys}
     for _ in procs:
-        for key, seconds in results.get().items():
+        for key, seconds in queue.get().items():
             per_second[key].update(seconds)
     for proc in procs:
         proc.join()
+    end = start + args.seconds
 
-    print(f"{args.processes} processes, {args.seconds} full calendar seconds, lookahead {args.lookahead_ms:g}ms")
+    print(
+        f"{args.processes} processes, {args.seconds} full calendar seconds, "
+        f"lookahead {args.lookahead_ms:g} ms, catch-up {DEFAULT_CATCH_UP_S * 1000:g} ms"
+    )
     for key, tps in zip(keys, TPS, strict=True):
         counts = [per_second[key][second] for second in range(start, end)]
         mean = sum(counts) / len(counts)

@@ -18,16 +18,22 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 from sqlmodel import Session, col
 
+from campaigns import counters
+from campaigns.bulk import any_of, insert_rows
+from campaigns.frequency import hold_over_cap
 from campaigns.models import (
     PRIORITY_WEIGHT,
     Campaign,
     CampaignStatus,
     Channel,
     Message,
+    MessageEvent,
     MessageStatus,
     MnpOverride,
 )
+from campaigns.sending import INFLIGHT_MARK
 from gateways.config import GatewaysConfig
+from loa.db import table_of
 from loa.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -35,7 +41,13 @@ log = logging.getLogger(__name__)
 # Seconds of sending that may wait in a gateway's queue: enough to keep binds busy, short enough
 # that pause and cancel act within seconds and memory stays flat whatever the campaign's size.
 BACKLOG_SECONDS = 4.0
+# ... and at most this many batches per bind (per connection for a relay): a gateway configured
+# for far more TPS than it really achieves (an unlimited simulator, a slow carrier) must not get a
+# queue that takes longer to drain than the claim lease, or its rows are swept while still queued.
+BACKLOG_BATCHES_PER_BIND = 8
 NO_ROUTE = "no_route"
+_events = table_of(MessageEvent)  # COPY on Postgres: the ORM's bulk path costs far more per row
+_messages = table_of(Message)
 
 
 @dataclass(frozen=True)
@@ -66,13 +78,23 @@ class Router:
                 return fallback
         return name
 
+    def failed_over(self) -> list[str]:
+        """Gateways that are down and whose fallback is up: their waiting messages move."""
+        return [
+            name
+            for name, fallback in self.fallback.items()
+            if fallback is not None and self.is_down(name) and not self.is_down(fallback)
+        ]
+
 
 def gateway_capacity(gateways: GatewaysConfig, batch_size: int) -> dict[tuple[Channel, str], int]:
     caps: dict[tuple[Channel, str], int] = {}
     for g in gateways.smpp:
-        caps[(Channel.SMS, g.name)] = max(2 * batch_size, int(g.tps * BACKLOG_SECONDS))
+        per_binds = BACKLOG_BATCHES_PER_BIND * g.binds * batch_size
+        caps[(Channel.SMS, g.name)] = max(2 * batch_size, min(int(g.tps * BACKLOG_SECONDS), per_binds))
     for r in gateways.smtp:
-        caps[(Channel.EMAIL, r.name)] = max(2 * batch_size, int(r.rate * BACKLOG_SECONDS))
+        per_conns = BACKLOG_BATCHES_PER_BIND * r.connections * batch_size
+        caps[(Channel.EMAIL, r.name)] = max(2 * batch_size, min(int(r.rate * BACKLOG_SECONDS), per_conns))
     return caps
 
 
@@ -150,6 +172,7 @@ def dispatch_pass(
     lease_s: int,
 ) -> list[Batch]:
     """One round over every dispatchable campaign; returns the batches to enqueue after commit."""
+    hand_over(session, router.failed_over())
     caps = gateway_capacity(gateways, batch_size)
     busy = inflight(session)
     room = {key: cap - busy.get(key[1], 0) for key, cap in caps.items()}
@@ -162,8 +185,10 @@ def dispatch_pass(
             continue
         token, rows = claim(session, campaign, want, lease_s)
         campaign.dispatch_turn += 1
+        rows = hold_over_cap(session, campaign, token, rows)  # recipients at the org's frequency cap wait
         if not rows:
             continue
+        counted = counters.snapshot(session, (mid for mid, _, _ in rows), was=MessageStatus.QUEUED)
         by_gateway: dict[str | None, list[int]] = defaultdict(list)
         if campaign.channel is Channel.SMS:
             overrides = mnp_overrides(session, campaign.org_id, (to for _, to, _ in rows))
@@ -175,11 +200,60 @@ def dispatch_pass(
             if gateway is None:
                 _fail_unroutable(session, ids)
                 continue
-            session.execute(update(Message).where(col(Message.id).in_(ids)).values(gateway=gateway))
+            now = utcnow()
+            insert_rows(
+                session,
+                _events,
+                [{"message_id": i, "at": now, "kind": "dispatched", "detail": {"gateway": gateway}} for i in ids],
+            )
             room[(campaign.channel, gateway)] = room.get((campaign.channel, gateway), 0) - len(ids)
             for start in range(0, len(ids), batch_size):
-                batches.append(Batch(campaign.channel, gateway, campaign.id, token, ids[start : start + batch_size]))
+                # A claim token of its own per batch: a send task, its lease and its send journal
+                # then own exactly the rows of its batch, never those of a sibling batch.
+                chunk, batch_claim = ids[start : start + batch_size], secrets.token_hex(8)
+                session.execute(
+                    update(_messages)
+                    .where(any_of(session, _messages.c.id, chunk))
+                    .values(gateway=gateway, claim=batch_claim)
+                )
+                batches.append(Batch(campaign.channel, gateway, campaign.id, batch_claim, chunk))
+        counters.apply_changes(session, counted)
     return batches
+
+
+def hand_over(session: Session, down: list[str]) -> int:
+    """Messages waiting in a down gateway's queue go back to be routed again (to its fallback).
+
+    Only rows no send task has started on (not marked in flight): a task already submitting
+    them finishes, and the queued task that would have taken the others later finds its claim
+    gone and does nothing."""
+    if not down:
+        return 0
+    waiting = (
+        col(Message.status) == MessageStatus.DISPATCHING.value,
+        col(Message.gateway).in_(down),
+        col(Message.claim).not_like(f"%{INFLIGHT_MARK}"),
+    )
+    before = counters.snapshot_where(session, *waiting)
+    if not before.ids:
+        return 0
+    now = utcnow()
+    session.execute(
+        update(Message)
+        .where(col(Message.id).in_(before.ids), *waiting)
+        .values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None, next_attempt_at=None, updated_at=now)
+    )
+    insert_rows(
+        session,
+        _events,
+        [
+            {"message_id": i, "at": now, "kind": "failover", "detail": {"from": state.gateway}}
+            for i, state in before.states.items()
+        ],
+    )
+    counters.apply_changes(session, before)
+    log.warning("handed %d waiting messages of down gateways %s back for rerouting", len(before.ids), down)
+    return len(before.ids)
 
 
 def _fail_unroutable(session: Session, ids: list[int]) -> None:

@@ -1,4 +1,17 @@
-"""The campaign state machine: the one place that says which transitions exist."""
+"""The campaign state machine: the one place that says which transitions exist.
+
+```
+draft ──launch──► scheduled ──start (due)──► running ──complete──► completed
+  │                 │    ▲                    │   │
+  │                 │    └──────resume──────┐ │   └──fail──► failed
+  │                 └──pause──► paused ◄────┼─┘pause
+  └─────────────────cancel (from draft, scheduled, running, paused)──► cancelled
+```
+
+`launch` and `resume` both land in `scheduled`; the same request then applies `start` when the
+campaign is due (no `start_at`, or it has passed), so "launch now" answers `running` at once and a
+future `start_at` is honoured after a pause too. The scheduler applies `start` for the rest.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +22,7 @@ from campaigns.models import CampaignStatus as S
 
 class Action(StrEnum):
     LAUNCH = "launch"
-    START = "start"  # the scheduler: scheduled → running when due
+    START = "start"  # scheduled → running when due (the launch request itself, or the scheduler)
     PAUSE = "pause"
     RESUME = "resume"
     CANCEL = "cancel"
@@ -22,7 +35,7 @@ TRANSITIONS: dict[tuple[S, Action], S] = {
     (S.SCHEDULED, Action.START): S.RUNNING,
     (S.SCHEDULED, Action.PAUSE): S.PAUSED,
     (S.RUNNING, Action.PAUSE): S.PAUSED,
-    (S.PAUSED, Action.RESUME): S.RUNNING,
+    (S.PAUSED, Action.RESUME): S.SCHEDULED,
     (S.DRAFT, Action.CANCEL): S.CANCELLED,
     (S.SCHEDULED, Action.CANCEL): S.CANCELLED,
     (S.RUNNING, Action.CANCEL): S.CANCELLED,
@@ -33,6 +46,8 @@ TRANSITIONS: dict[tuple[S, Action], S] = {
     (S.PAUSED, Action.FAIL): S.FAILED,
 }
 
+# The actions a user asks for through the API; the others belong to the scheduler and workers.
+USER_ACTIONS = frozenset({Action.LAUNCH, Action.PAUSE, Action.RESUME, Action.CANCEL})
 ACTIVE = frozenset({S.SCHEDULED, S.RUNNING, S.PAUSED})
 ENDED = frozenset({S.COMPLETED, S.CANCELLED, S.FAILED})
 
@@ -40,7 +55,8 @@ ENDED = frozenset({S.COMPLETED, S.CANCELLED, S.FAILED})
 class InvalidTransition(Exception):
     def __init__(self, current: S, action: Action) -> None:
         self.current, self.action = current, action
-        super().__init__(f"cannot {action.value} a campaign that is {current.value}")
+        allowed = ", ".join(sorted(a.value for a in allowed_actions(current) if a in USER_ACTIONS)) or "nothing"
+        super().__init__(f"cannot {action.value} a campaign that is {current.value} (allowed: {allowed})")
 
 
 def next_status(current: S, action: Action) -> S:
@@ -48,6 +64,10 @@ def next_status(current: S, action: Action) -> S:
         return TRANSITIONS[(current, action)]
     except KeyError:
         raise InvalidTransition(current, action) from None
+
+
+def allowed_actions(current: S) -> list[Action]:
+    return [act for (src, act) in TRANSITIONS if src is current]
 
 
 def sources_of(action: Action) -> list[S]:

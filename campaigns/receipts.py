@@ -1,24 +1,32 @@
 """Delivery receipts and replies: committed to the database inbox before the SMSC gets its
 deliver_sm_resp, then applied to messages in batches. A receipt whose provider id is not known
-yet (it beat its submit_sm_resp) stays parked in the inbox until the id is stored: never dropped.
+yet (it beat its submit_sm_resp) stays parked in the inbox until the id is stored: never dropped;
+receipts parked longer than 7 days are reported (`parked_counts`, `GET /v1/gateways`).
+
+Applying is set-based: one read of the inbox, one of the segments the receipts name, one UPDATE
+per distinct outcome for segments and for messages, one multi-row INSERT of events, one DELETE.
+A status only moves forward: a segment takes its first final receipt, and a duplicate receipt
+changes nothing (not even the timeline).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlmodel import Session, col
 
+from campaigns import counters
+from campaigns.bulk import any_of, insert_rows
 from campaigns.models import Campaign, Message, MessageEvent, MessageStatus, ReceiptInbox, Reply, SmsSegment
 from campaigns.recipients import mark_suppressed
-from gateways.config import GatewaysConfig
-from gateways.smpp.codec import decode_gsm7
+from gateways.config import DEFAULT_OPT_OUT, GatewaysConfig
+from gateways.smpp.codec import decode_gsm7, strip_diacritics
 from gateways.smpp.receipts import (
     ReceiptParseError,
     ReceiptState,
@@ -29,12 +37,19 @@ from gateways.smpp.receipts import (
     receipt_id_candidates,
     worst_outcome,
 )
+from loa.db import table_of
 from loa.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPT_OUT = ("TU CHOI", "TUCHOI", "HUY", "STOP", "UNSUBSCRIBE")
 PARKED_REPORT_AFTER = timedelta(days=7)
+_inbox = table_of(ReceiptInbox)
+_messages = table_of(Message)
+_segments = table_of(SmsSegment)
+_events = table_of(MessageEvent)
+# Rows a message in one of these may move from on its final receipt (a late `sent` record may
+# still be on its way for a receipt that beat its submit_sm_resp).
+_RECEIPT_FROM = [MessageStatus.SENT.value, MessageStatus.DISPATCHING.value, MessageStatus.QUEUED.value]
 
 
 @dataclass(frozen=True)
@@ -54,52 +69,81 @@ class IncomingDeliver:
         return bool(self.esm_class & 0x04)
 
 
+@dataclass
+class Stored:
+    """What `store_delivers` kept: receipt states (for metrics), replies and opt-outs among them."""
+
+    states: list[str] = field(default_factory=list)
+    replies: int = 0
+    opt_outs: int = 0
+    unreadable: int = 0
+
+
 def store_delivers(
     session: Session,
     gateway: str,
     delivers: Sequence[IncomingDeliver],
     opt_out: Sequence[str] = DEFAULT_OPT_OUT,
-) -> int:
+) -> Stored:
     """Commit-ready inserts for a batch of deliver_sm: receipts to the inbox, the rest as replies."""
     now = utcnow()
+    stored = Stored()
     inbox: list[dict[str, Any]] = []
     for d in delivers:
-        if d.is_receipt:
-            try:
-                info = parse_receipt(
-                    d.short_message,
-                    receipted_message_id=d.receipted_message_id,
-                    message_state=d.message_state,
-                )
-            except ReceiptParseError:
-                log.warning("unparseable receipt on gateway %s", gateway, extra={"gateway": gateway})
-                continue
-            inbox.append(
-                {
-                    "gateway": gateway,
-                    "provider_id": normalise_id(info.message_id),
-                    "state": info.state.value,
-                    "raw_stat": info.raw_stat[:16] if info.raw_stat else None,
-                    "err": (info.err or None),
-                    "received_at": now,
-                    "attempts": 0,
-                }
-            )
-        else:
-            _store_reply(session, gateway, d, opt_out)
-    if inbox:
-        session.execute(insert(ReceiptInbox), inbox)
-    return len(inbox)
-
-
-def _store_reply(session: Session, gateway: str, d: IncomingDeliver, opt_out: Sequence[str]) -> None:
-    if d.data_coding == 8:
-        text = d.short_message.decode("utf-16-be", errors="replace")
-    else:
+        if not d.is_receipt:
+            stored.replies += 1
+            stored.opt_outs += _store_reply(session, gateway, d, opt_out)
+            continue
         try:
-            text = decode_gsm7(d.short_message)
-        except ValueError:
-            text = d.short_message.decode("latin-1")
+            info = parse_receipt(
+                d.short_message, receipted_message_id=d.receipted_message_id, message_state=d.message_state
+            )
+        except ReceiptParseError:
+            # Acknowledged all the same: it names no message, and a redelivery would not either.
+            log.warning("unparseable receipt on gateway %s dropped", gateway, extra={"gateway": gateway})
+            stored.unreadable += 1
+            continue
+        inbox.append(
+            {
+                "gateway": gateway,
+                "provider_id": normalise_id(info.message_id)[:80],
+                "state": info.state.value,
+                "raw_stat": info.raw_stat[:16] if info.raw_stat else None,
+                "err": (info.err or None) and info.err[:16],
+                "received_at": now,
+                "attempts": 0,
+            }
+        )
+        stored.states.append(info.state.value)
+    if inbox:
+        session.execute(insert(_inbox), inbox)
+    return stored
+
+
+def _reply_text(d: IncomingDeliver) -> str:
+    if d.data_coding == 8:
+        return d.short_message.decode("utf-16-be", errors="replace")
+    if d.data_coding in (1, 3):  # IA5 / Latin-1
+        return d.short_message.decode("latin-1")
+    try:
+        return decode_gsm7(d.short_message)
+    except ValueError:
+        return d.short_message.decode("latin-1")
+
+
+def is_opt_out(text: str, keywords: Iterable[str]) -> bool:
+    """The reply is one of the keywords, or starts with one (case and Vietnamese marks ignored)."""
+    said = " ".join(strip_diacritics(text).upper().split())
+    for keyword in keywords:
+        k = " ".join(strip_diacritics(keyword).upper().split())
+        if k and (said == k or said.startswith(k + " ")):
+            return True
+    return False
+
+
+def _store_reply(session: Session, gateway: str, d: IncomingDeliver, opt_out: Sequence[str]) -> int:
+    """Store an MO message, tied to the campaign that last wrote to the number; 1 if it opts out."""
+    text = _reply_text(d)
     source = "+" + d.source_addr.lstrip("+")
     last = session.execute(
         select(col(Message.campaign_id), col(Campaign.org_id))
@@ -108,133 +152,164 @@ def _store_reply(session: Session, gateway: str, d: IncomingDeliver, opt_out: Se
         .order_by(col(Message.id).desc())
         .limit(1)
     ).first()
-    keyword = " ".join(text.upper().split())
-    is_opt_out = any(keyword == k or keyword.startswith(k + " ") for k in opt_out)
+    opted_out = is_opt_out(text, opt_out)
     session.add(
         Reply(
             gateway=gateway,
-            source=source,
-            destination=d.destination_addr,
+            source=source[:32],
+            destination=d.destination_addr[:32],
             text=text,
             campaign_id=last[0] if last else None,
-            opt_out=is_opt_out,
+            opt_out=opted_out,
         )
     )
-    if is_opt_out and last is not None:
-        mark_suppressed(session, last[1], source, f"opt-out reply: {keyword[:40]}")
+    if opted_out and last is not None:
+        keyword = " ".join(strip_diacritics(text).upper().split())[:40]
+        mark_suppressed(session, last[1], source, f"opt-out reply: {keyword}")
+    return int(opted_out)
+
+
+@dataclass
+class _Segment:
+    id: int
+    message_id: int
+    seq: int
+    provider_id: str
+    status: str | None
 
 
 def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -> tuple[int, int]:
     """Apply up to `limit` inbox receipts; returns (applied, still parked)."""
     # Fresh receipts first: parked ones (id not known yet) sink as their attempts grow.
-    stmt = select(ReceiptInbox).order_by(col(ReceiptInbox.attempts), col(ReceiptInbox.id)).limit(limit)
+    stmt = (
+        select(_inbox.c.id, _inbox.c.gateway, _inbox.c.provider_id, _inbox.c.state, _inbox.c.raw_stat, _inbox.c.err)
+        .order_by(_inbox.c.attempts, _inbox.c.id)
+        .limit(limit)
+    )
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    receipts = list(session.scalars(stmt))
+    receipts = session.execute(stmt).all()
     if not receipts:
         return 0, 0
     bases = {g.name: g.receipt_id_base for g in gateways.smpp}
-    wanted: dict[str, set[str]] = defaultdict(set)
     candidates: dict[int, list[str]] = {}
-    for r in receipts:
-        assert r.id is not None
-        candidates[r.id] = receipt_id_candidates(r.provider_id, bases.get(r.gateway, "auto"))
-        wanted[r.gateway].update(candidates[r.id])
-    segments: dict[tuple[str, str], SmsSegment] = {}
-    for gateway, ids in wanted.items():
-        for seg in session.scalars(
-            select(SmsSegment).where(col(SmsSegment.gateway) == gateway, col(SmsSegment.provider_id).in_(ids))
-        ):
-            segments[(gateway, seg.provider_id)] = seg
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for rid, gateway, provider_id, *_ in receipts:
+        candidates[rid] = receipt_id_candidates(provider_id, bases.get(gateway, "auto"))
+        wanted[gateway].update(candidates[rid])
+    segments = _segments_named(session, wanted)
     now = utcnow()
     done: list[int] = []
     parked: list[int] = []
-    touched: set[int] = set()
+    new_status: dict[int, str] = {}  # segment id → its final status (first final receipt wins)
     events: list[dict[str, Any]] = []
-    for r in receipts:
-        assert r.id is not None
-        found = next((segments[(r.gateway, c)] for c in candidates[r.id] if (r.gateway, c) in segments), None)
-        if found is None:
-            parked.append(r.id)
+    for rid, gateway, _, state_text, raw_stat, err in receipts:
+        seg = next((segments[(gateway, c)] for c in candidates[rid] if (gateway, c) in segments), None)
+        if seg is None:
+            parked.append(rid)
             continue
-        done.append(r.id)
-        state = ReceiptState(r.state)
-        events.append(
-            {
-                "message_id": found.message_id,
-                "at": now,
-                "kind": "receipt",
-                "detail": {
-                    "stat": r.raw_stat,
-                    "err": r.err,
-                    "segment": found.seq,
-                    "provider_id": found.provider_id,
-                },
-            }
+        done.append(rid)
+        state = ReceiptState(state_text)
+        final = is_final(state)
+        if final and (seg.status is not None or seg.id in new_status):
+            continue  # a duplicate (or a second final state): status only moves forward
+        if final:
+            status = message_status_for(state)
+            if err and state is not ReceiptState.DELIVERED:
+                status = f"{status}:{err}"
+            new_status[seg.id] = status[:16]
+        detail = {"stat": raw_stat or state.value, "err": err, "segment": seg.seq, "provider_id": seg.provider_id}
+        events.append({"message_id": seg.message_id, "at": now, "kind": "receipt", "detail": detail})
+    by_status: dict[str, list[int]] = defaultdict(list)
+    for seg_id, status in new_status.items():
+        by_status[status].append(seg_id)
+    for status, seg_ids in by_status.items():
+        session.execute(
+            update(_segments)
+            .where(any_of(session, _segments.c.id, seg_ids), _segments.c.status.is_(None))
+            .values(status=status)
         )
-        if is_final(state) and found.status is None:  # status only moves forward; duplicates change nothing
-            found.status = message_status_for(state)
-            if r.err and state is not ReceiptState.DELIVERED:
-                found.status += f":{r.err}"
-            touched.add(found.message_id)
-    session.flush()
-    if touched:
+    if new_status:
+        touched = {seg.message_id for seg in segments.values() if seg.id in new_status}
         _finish_messages(session, touched, now)
-    if events:
-        session.execute(insert(MessageEvent), events)
+    insert_rows(session, _events, events)
     if done:
-        session.execute(delete(ReceiptInbox).where(col(ReceiptInbox.id).in_(done)))
+        session.execute(delete(_inbox).where(any_of(session, _inbox.c.id, done)))
     if parked:
         session.execute(
-            update(ReceiptInbox).where(col(ReceiptInbox.id).in_(parked)).values(attempts=col(ReceiptInbox.attempts) + 1)
+            update(_inbox).where(any_of(session, _inbox.c.id, parked)).values(attempts=_inbox.c.attempts + 1)
         )
     return len(done), len(parked)
 
 
-def _finish_messages(session: Session, message_ids: set[int], now: Any) -> None:
+def _segments_named(session: Session, wanted: dict[str, set[str]]) -> dict[tuple[str, str], _Segment]:
+    found: dict[tuple[str, str], _Segment] = {}
+    for gateway, ids in wanted.items():
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), 10_000):  # SQLite caps bound parameters per statement
+            named = any_of(session, _segments.c.provider_id, ordered[start : start + 10_000], text=True)
+            rows = session.execute(
+                select(
+                    _segments.c.id, _segments.c.message_id, _segments.c.seq, _segments.c.provider_id, _segments.c.status
+                ).where(_segments.c.gateway == gateway, named)
+            )
+            for sid, mid, seq, pid, status in rows:
+                found[(gateway, pid)] = _Segment(int(sid), int(mid), int(seq), str(pid), status)
+    return found
+
+
+def _finish_messages(session: Session, message_ids: set[int], now: datetime) -> None:
+    """Messages whose segments all have a final status take the worst of them (bulk, per outcome)."""
+    before = counters.snapshot(session, message_ids)  # live counters: what these rows count as now
     by_message: dict[int, list[str | None]] = defaultdict(list)
+    ids = sorted(message_ids)
     for mid, status in session.execute(
-        select(col(SmsSegment.message_id), col(SmsSegment.status)).where(col(SmsSegment.message_id).in_(message_ids))
+        select(_segments.c.message_id, _segments.c.status).where(any_of(session, _segments.c.message_id, ids))
     ):
         by_message[int(mid)].append(status)
     expected = {
         int(mid): int(n)
         for mid, n in session.execute(
-            select(col(Message.id), col(Message.segments)).where(col(Message.id).in_(message_ids))
+            select(_messages.c.id, _messages.c.segments).where(any_of(session, _messages.c.id, ids))
         )
     }
+    groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for mid, statuses in by_message.items():
-        if len(statuses) < int(expected.get(mid, 1)) or any(s is None for s in statuses):
+        if len(statuses) < expected.get(mid, 1) or any(s is None for s in statuses):
             continue  # a segment is still waiting for its receipt
-        outcomes = [str(s).split(":", 1)[0] for s in statuses]
-        final = worst_outcome(outcomes)
+        final = worst_outcome(str(s).split(":", 1)[0] for s in statuses)
         err = next((str(s).split(":", 1)[1] for s in statuses if s and ":" in s), None)
+        groups[(final, err)].append(mid)
+    for (final, err), mids in groups.items():
         values: dict[str, Any] = {"status": final, "updated_at": now, "secrets": None}
         if final == MessageStatus.DELIVERED.value:
             values["delivered_at"] = now
         else:
             values |= {"error_code": f"err:{err}" if err else final, "error_text": f"receipt {final}"}
         session.execute(
-            update(Message)
-            .where(
-                col(Message.id) == mid,
-                col(Message.status).in_(
-                    [
-                        MessageStatus.SENT.value,
-                        MessageStatus.DISPATCHING.value,  # type: ignore[arg-type, attr-defined]
-                        MessageStatus.QUEUED.value,
-                    ]
-                ),
-            )
+            update(_messages)
+            .where(any_of(session, _messages.c.id, mids), _messages.c.status.in_(_RECEIPT_FROM))
             .values(**values)
         )
+    counters.apply_changes(session, before)
 
 
-def parked_report(session: Session) -> list[dict[str, Any]]:
-    """Receipts parked longer than 7 days: ids no submit of ours ever carried."""
-    cutoff = utcnow() - PARKED_REPORT_AFTER
-    rows = session.scalars(select(ReceiptInbox).where(col(ReceiptInbox.received_at) < cutoff).limit(1000))
-    return [
-        {"gateway": r.gateway, "provider_id": r.provider_id, "state": r.state, "received_at": r.received_at}
-        for r in rows
-    ]
+def parked_counts(session: Session, older_than: timedelta = PARKED_REPORT_AFTER) -> dict[str, int]:
+    """Gateway → receipts parked longer than `older_than`: ids no submit of ours ever carried."""
+    cutoff = utcnow() - older_than
+    rows = session.execute(
+        select(_inbox.c.gateway, func.count()).where(_inbox.c.received_at < cutoff).group_by(_inbox.c.gateway)
+    )
+    return {str(g): int(n) for g, n in rows}
+
+
+def parked_report(session: Session, older_than: timedelta = PARKED_REPORT_AFTER) -> list[dict[str, Any]]:
+    """The oldest receipts parked longer than `older_than` (up to 1000), for an operator to look at."""
+    cutoff = utcnow() - older_than
+    rows = session.execute(
+        select(_inbox.c.gateway, _inbox.c.provider_id, _inbox.c.state, _inbox.c.received_at)
+        .where(_inbox.c.received_at < cutoff)
+        .order_by(_inbox.c.received_at)
+        .limit(1000)
+    )
+    return [{"gateway": g, "provider_id": p, "state": s, "received_at": at} for g, p, s, at in rows]

@@ -1,42 +1,82 @@
-"""Recipient import: rows from CSV/XLSX/JSON validated, normalised, deduplicated, suppressed and
-stored in bulk, with a row-level error list. One upload is one transaction (all or nothing).
+"""Recipient import: rows from CSV/XLSX/JSON validated, normalised and stored in bulk, with a
+row-level error list. One upload is one transaction: it is stored whole or not at all.
 
-Rows stream through in chunks; nothing holds the whole file. Duplicates within the campaign are
-found by the (campaign_id, to) unique key (ON CONFLICT DO NOTHING), so a second upload appends.
+Rows stream through in chunks and nothing per recipient is kept between chunks: duplicates
+(within the file and against earlier uploads, so a second upload appends) and suppressed
+addresses are found by the database when each chunk is moved in (:mod:`campaigns.staging`).
+Parsing and validating the next chunk runs on a helper thread while this one waits for the
+database to take the previous chunk, so Python and Postgres work at the same time.
+
+Counting: every data row of the file is exactly one of accepted, rejected (listed in ``errors``
+with its spreadsheet row number; the first :data:`MAX_ERRORS`), duplicate or suppressed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
+from campaigns import counters
 from campaigns.models import Campaign, Channel, Message, MessageStatus, Suppression, Upload
 from campaigns.phones import PhoneError, normalise_with_carrier
-from campaigns.tabular import Row, TableReader
-from campaigns.templates import TemplateError, check_template
+from campaigns.staging import StagedRow, open_writer, run_pipelined
+from campaigns.tabular import TableReader, clean_text
+from campaigns.templates import TemplateError, check_template, placeholders
 from gateways.smpp.codec import strip_diacritics, unencodable_gsm7
 from loa.crypto import SecretBox
 from loa.db import table_of
-from loa.errors import Invalid
+from loa.errors import Invalid, TooLarge
 from loa.timeutil import utcnow
 
+__all__ = [
+    "ImportResult",
+    "RecipientImporter",
+    "address_column",
+    "copy_messages",
+    "mark_suppressed",
+    "normalise_email",
+    "secret_aad",
+    "suppress_many",
+]
+
+log = logging.getLogger(__name__)
+
 MAX_ERRORS = 1000
-CHUNK = 5000
+CHUNK = 10_000
+_encode_json_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def secret_aad(org_id: str, to: str) -> str:
-    """Associated data binding a secret token to its organisation and recipient."""
+    """Associated data binding a secret token to its organisation and recipient: a token copied
+    onto another row or organisation does not decrypt."""
     return f"{org_id}:{to}"
+
+
+def address_column(channel: Channel) -> str:
+    return "phone" if channel is Channel.SMS else "email"
+
+
+def normalise_email(raw: str) -> str:
+    """The address checked by email-validator (syntax only, no DNS), in lower case: mailbox names
+    are case-insensitive in practice, and the same person must not count twice nor escape the
+    suppression list by a capital letter."""
+    info = validate_email(raw.strip(), check_deliverability=False)
+    return str(info.normalized).lower()
 
 
 @dataclass
 class ImportResult:
+    """The answer to an upload, in the contract's shape (:meth:`as_dict`)."""
+
     upload: str
     total_rows: int = 0
     accepted: int = 0
@@ -66,168 +106,210 @@ class ImportResult:
         }
 
 
-@dataclass(frozen=True)
-class SourceRow:
-    number: int
-    to: Any
-    fields: dict[str, Any]
-    extra: bool = False
-
-
-def address_column(channel: Channel) -> str:
-    return "phone" if channel is Channel.SMS else "email"
-
-
-def rows_from_table(table: TableReader, channel: Channel) -> tuple[list[str], Iterator[SourceRow]]:
-    header = [h.strip() for h in table.header]
-    wanted = address_column(channel)
-    lowered = [h.lower() for h in header]
-    if wanted not in lowered:
-        raise Invalid(
-            f"no '{wanted}' column in the header (found: {', '.join(header) or 'nothing'})",
-            {"row": 1, "column": wanted},
-            code="missing_column",
-        )
-    index = lowered.index(wanted)
-    columns = [h for i, h in enumerate(header) if i != index]
-
-    def generate() -> Iterator[SourceRow]:
-        for row in table:
-            values = list(row.values) + [""] * (len(header) - len(row.values))
-            to = values[index]
-            fields = {h: values[i] for i, h in enumerate(header) if i != index}
-            yield SourceRow(row.number, to, fields, row.extra)
-
-    return columns, generate()
-
-
-def rows_from_json(recipients: Iterable[Mapping[str, Any]]) -> tuple[list[str], Iterator[SourceRow]]:
-    items = list(recipients)
-    columns: list[str] = []
-    for item in items:
-        for name in item.get("fields", {}):
-            if name not in columns:
-                columns.append(name)
-
-    def generate() -> Iterator[SourceRow]:
-        for i, item in enumerate(items, start=1):
-            yield SourceRow(i, item["to"], {k: _cell(v) for k, v in item.get("fields", {}).items()})
-
-    return columns, generate()
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
 class RecipientImporter:
-    """Imports rows into one campaign inside the caller's transaction."""
+    """Imports one upload into one campaign inside the caller's transaction (never commits)."""
 
     def __init__(self, session: Session, campaign: Campaign, box: SecretBox, filename: str | None = None) -> None:
         self.session = session
         self.campaign = campaign
         self.box = box
-        self.upload = Upload(campaign_id=campaign.id, filename=filename)
+        self.upload = Upload(campaign_id=campaign.id, filename=(filename or None) and filename[:255])
         session.add(self.upload)
         session.flush()
         self.result = ImportResult(upload=self.upload.id)
-        self._seen: set[str] = set()
-        self._suppressed = _suppression_lookup(session, campaign.org_id)
-        self._strict_gsm = campaign.channel is Channel.SMS and campaign.encoding in (
-            "gsm7",
-            "strip_diacritics",
-        )
+        self.column = address_column(campaign.channel)
+        self._sms = campaign.channel is Channel.SMS
+        self._aad_prefix = secret_aad(campaign.org_id, "")
+        self._needed: set[str] = set()  # template placeholders, set by _check_columns
+        # Fields that must fit GSM-7 under a strict encoding policy: those the SMS body uses.
+        self._gsm_fields: frozenset[str] = frozenset()
+        if self._sms and campaign.encoding in ("gsm7", "strip_diacritics"):
+            with contextlib.suppress(TemplateError):  # a broken template is reported by _check_columns
+                self._gsm_fields = frozenset(placeholders("body", campaign.template.get("body") or ""))
 
-    def run(self, columns: list[str], rows: Iterator[SourceRow]) -> ImportResult:
-        known = list(dict.fromkeys([*self.campaign.fields, *columns]))
+    # ---- entry points ---------------------------------------------------------------------------
+    def import_table(self, table: TableReader, max_rows: int) -> ImportResult:
+        """A CSV/XLSX upload: the header names the address column and the template fields."""
+        header = table.header
+        lowered = [name.lower() for name in header]
+        if self.column not in lowered:
+            table.close()
+            raise Invalid(
+                f"No '{self.column}' column in the header (row 1 has: {', '.join(header)}). "
+                f"Name the column that holds the {'phone numbers' if self._sms else 'email addresses'} "
+                f"'{self.column}'.",
+                {"row": 1, "column": self.column},
+                code="missing_column",
+            )
+        index = lowered.index(self.column)
+        columns = [name for i, name in enumerate(header) if i != index]
+        self._check_columns(columns)
+        return self._run(self._table_chunks(table, index, max_rows))
+
+    def import_json(self, recipients: Sequence[Mapping[str, Any]]) -> ImportResult:
+        """A JSON list of ``{to, fields}``; rows are numbered from 1 in list order."""
+        if not recipients:
+            raise Invalid("The list of recipients is empty.", {"field": "recipients"}, code="no_rows")
+        columns = list(dict.fromkeys(name for item in recipients for name in item.get("fields") or {}))
+        self._check_columns(columns)
+        return self._run(self._json_chunks(recipients))
+
+    # ---- shared steps ---------------------------------------------------------------------------
+    def _check_columns(self, columns: list[str]) -> None:
+        """Every template placeholder must be a column of this upload, or its rows could not be
+        rendered; the campaign learns the (non-secret) column names for reports."""
         try:
-            check_template(self.campaign.template, set(known) | set(self.campaign.secret_fields))
+            check_template(self.campaign.template, columns)
         except TemplateError as exc:
             raise Invalid(str(exc), {"part": exc.part, "line": exc.line}, code="unknown_placeholder") from None
-        self.campaign.fields = [c for c in known if c not in self.campaign.secret_fields]
-        chunk: list[dict[str, Any]] = []
-        for row in rows:
-            self.result.total_rows += 1
-            record = self._validate(row)
-            if record is not None:
-                chunk.append(record)
-                if len(chunk) >= CHUNK:
-                    self._insert(chunk)
-                    chunk = []
-        if chunk:
-            self._insert(chunk)
+        self._needed = check_template(self.campaign.template)
+        secret = set(self.campaign.secret_fields)
+        plain = [name for name in columns if name not in secret]
+        self.campaign.fields = list(dict.fromkeys([*self.campaign.fields, *plain]))
+
+    def _run(self, chunks: Iterator[list[StagedRow]]) -> ImportResult:
+        now = utcnow()
+        writer = open_writer(self.session, self.campaign.id, self.upload.id, self.campaign.org_id, now)
+        staged = inserted = 0
+
+        def write(rows: list[StagedRow]) -> None:
+            nonlocal staged, inserted
+            staged += len(rows)
+            inserted += writer.write(rows)
+
+        run_pipelined(chunks, write)
+        result = self.result
+        if result.total_rows == 0:
+            raise Invalid("The file has a header but no data rows.", {"row": 2}, code="no_rows")
+        result.suppressed = writer.suppressed()
+        writer.close()
+        result.accepted = inserted - result.suppressed
+        result.duplicates = staged - inserted
+        counters.reconcile(self.session, self.campaign.id)  # live counters: one exact count per upload
         for name in ("total_rows", "accepted", "rejected", "duplicates", "suppressed"):
-            setattr(self.upload, name, getattr(self.result, name))
-        self.campaign.updated_at = utcnow()
-        return self.result
+            setattr(self.upload, name, getattr(result, name))
+        self.campaign.updated_at = now
+        log.info(
+            "upload %s: %s rows, %s accepted, %s rejected, %s duplicates, %s suppressed",
+            result.upload,
+            result.total_rows,
+            result.accepted,
+            result.rejected,
+            result.duplicates,
+            result.suppressed,
+            extra={"campaign_id": self.campaign.id},
+        )
+        return result
 
-    def _validate(self, row: SourceRow) -> dict[str, Any] | None:
-        column = address_column(self.campaign.channel)
-        if row.extra:
-            self.result.error(row.number, None, "row has more cells than the header")
-            return None
-        carrier: str | None = None
+    def _address(self, number: int, raw: Any) -> tuple[str, str | None] | None:
+        """The normalised address and carrier, or None after recording why the row is rejected."""
         try:
-            if self.campaign.channel is Channel.SMS:
-                to, carrier = normalise_with_carrier(row.to)
-            else:
-                to = _normalise_email(str(row.to))
+            if self._sms:
+                return normalise_with_carrier(raw)
+            return normalise_email(str(raw)), None
         except PhoneError as exc:
-            self.result.error(row.number, column, exc.reason)
-            return None
+            self.result.error(number, self.column, exc.reason)
         except EmailNotValidError as exc:
-            self.result.error(row.number, column, str(exc))
-            return None
-        if to in self._seen:
-            self.result.duplicates += 1
-            return None
-        self._seen.add(to)
-        secret_names = self.campaign.secret_fields
-        plain = {k: v for k, v in row.fields.items() if k not in secret_names}
-        secrets = {k: str(row.fields[k]) for k in secret_names if k in row.fields}
-        if self._strict_gsm:
-            bad = self._unencodable(plain, secrets)
-            if bad:
-                self.result.error(row.number, bad[0], f"characters that do not fit GSM-7: {' '.join(bad[1])}")
-                return None
-        status = MessageStatus.SUPPRESSED if to in self._suppressed else MessageStatus.QUEUED
-        return {
-            "campaign_id": self.campaign.id,
-            "upload_id": self.upload.id,
-            "row": row.number,
-            "to": to,
-            "carrier": carrier,
-            "status": status.value,
-            "fields": plain,
-            "secrets": self.box.encrypt_fields(secrets, secret_aad(self.campaign.org_id, to)) if secrets else None,
-            "segments": 1,
-            "attempts": 0,
-            "ambiguous_resends": 0,
-            "no_receipt": False,
-            "created_at": utcnow(),
-            "updated_at": utcnow(),
-        }
-
-    def _unencodable(self, plain: Mapping[str, Any], secrets: Mapping[str, str]) -> tuple[str, list[str]] | None:
-        for name, value in {**plain, **secrets}.items():
-            text = str(value)
-            if self.campaign.encoding == "strip_diacritics":
-                text = strip_diacritics(text)
-            bad = unencodable_gsm7(text)
-            if bad:
-                return name, bad
+            self.result.error(number, self.column, str(exc))
         return None
 
-    def _insert(self, chunk: list[dict[str, Any]]) -> None:
-        inserted = insert_ignoring_duplicates(self.session, chunk)
-        statuses = {r["to"]: r["status"] for r in chunk}
-        dupes = len(chunk) - len(inserted)
-        self.result.duplicates += dupes
-        suppressed = sum(1 for to in inserted if statuses[to] == MessageStatus.SUPPRESSED.value)
-        self.result.suppressed += suppressed
-        self.result.accepted += len(inserted) - suppressed
+    def _misfit(self, number: int, values: Iterable[tuple[str, str]]) -> bool:
+        """Under gsm7/strip_diacritics, a field the SMS body uses that cannot be sent as GSM-7
+        rejects its row (the error lists the characters, never the value)."""
+        for name, value in values:
+            if name not in self._gsm_fields:
+                continue
+            text = strip_diacritics(value) if self.campaign.encoding == "strip_diacritics" else value
+            bad = unencodable_gsm7(text)
+            if bad:
+                self.result.error(number, name, f"characters that do not fit GSM-7: {' '.join(bad)}")
+                return True
+        return False
+
+    def _seal(self, to: str, secrets: Mapping[str, str]) -> str:
+        return self.box.encrypt_fields(secrets, self._aad_prefix + to)
+
+    # ---- producers ------------------------------------------------------------------------------
+    def _table_chunks(self, table: TableReader, index: int, max_rows: int) -> Iterator[list[StagedRow]]:
+        header = table.header
+        secret_names = set(self.campaign.secret_fields)
+        plain = [(i, name) for i, name in enumerate(header) if i != index and name not in secret_names]
+        secret = [(i, name) for i, name in enumerate(header) if i != index and name in secret_names]
+        # The fields JSON is assembled from pre-encoded keys: several times faster than json.dumps.
+        keys = [("{" if n == 0 else ",") + _encode_json_string(name) + ":" for n, (_, name) in enumerate(plain)]
+        pairs = [(key, i) for key, (i, _) in zip(keys, plain, strict=True)]
+        checked = [(i, name) for i, name in enumerate(header) if name in self._gsm_fields]
+        encode, result, address = _encode_json_string, self.result, self._address
+        width = len(header)
+        chunk: list[StagedRow] = []
+        total = 0
+        try:
+            for row in table:
+                total += 1
+                result.total_rows = total
+                if total > max_rows:
+                    raise TooLarge(f"The file has more than {max_rows:,} data rows; split it into several uploads.")
+                number = row.number
+                if row.extra:
+                    result.error(number, None, f"the row has more cells than the {width} named in the header")
+                    continue
+                values = row.values
+                found = address(number, values[index])
+                if found is None:
+                    continue
+                if checked and self._misfit(number, ((name, values[i]) for i, name in checked)):
+                    continue
+                fields = "".join([key + encode(values[i]) for key, i in pairs]) + "}" if pairs else "{}"
+                token = self._seal(found[0], {name: values[i] for i, name in secret}) if secret else None
+                chunk.append((number, found[0], found[1], fields, token))
+                if len(chunk) >= CHUNK:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+        finally:
+            table.close()
+
+    def _json_chunks(self, recipients: Sequence[Mapping[str, Any]]) -> Iterator[list[StagedRow]]:
+        secret_names = set(self.campaign.secret_fields)
+        result = self.result
+        chunk: list[StagedRow] = []
+        for number, item in enumerate(recipients, start=1):
+            result.total_rows = number
+            values = {str(name): _cell(value) for name, value in (item.get("fields") or {}).items()}
+            missing = next((name for name in sorted(self._needed) if name not in values), None)
+            if missing is not None:
+                result.error(number, missing, "missing: the template uses this field")
+                continue
+            found = self._address(number, item.get("to", ""))
+            if found is None or self._misfit(number, values.items()):
+                continue
+            plain = {name: value for name, value in values.items() if name not in secret_names}
+            secrets = {name: value for name, value in values.items() if name in secret_names}
+            token = self._seal(found[0], secrets) if secrets else None
+            fields = json.dumps(plain, ensure_ascii=False, separators=(",", ":"))
+            chunk.append((number, found[0], found[1], fields, token))
+            if len(chunk) >= CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
 
+def _cell(value: Any) -> str:
+    """A JSON field value as the text a template renders (like a spreadsheet cell)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+# ---- copying, suppressing -----------------------------------------------------------------------
 def insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> list[str]:
     """Bulk insert; rows whose (campaign_id, to) already exists are skipped. Returns inserted `to`s."""
     dialect = session.get_bind().dialect.name
@@ -239,40 +321,6 @@ def insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> 
         stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["campaign_id", "to"])
     result = session.execute(stmt.returning(table.c.to), rows)
     return [r[0] for r in result]
-
-
-def _normalise_email(raw: str) -> str:
-    info = validate_email(raw.strip(), check_deliverability=False)
-    return str(info.normalized)
-
-
-def _suppression_lookup(session: Session, org_id: str) -> _Suppressed:
-    return _Suppressed(session, org_id)
-
-
-class _Suppressed:
-    """Membership test against the organisation's suppression list, loaded once if small."""
-
-    LOAD_LIMIT = 200_000
-
-    def __init__(self, session: Session, org_id: str) -> None:
-        self.session, self.org_id = session, org_id
-        count = session.scalar(select(func.count()).where(col(Suppression.org_id) == org_id)) or 0
-        self._all: set[str] | None = None
-        if count <= self.LOAD_LIMIT:
-            self._all = set(session.scalars(select(col(Suppression.address)).where(col(Suppression.org_id) == org_id)))
-
-    def __contains__(self, address: object) -> bool:
-        if self._all is not None:
-            return address in self._all
-        return (
-            self.session.scalar(
-                select(col(Suppression.id)).where(
-                    col(Suppression.org_id) == self.org_id, col(Suppression.address) == address
-                )
-            )
-            is not None
-        )
 
 
 def copy_messages(session: Session, source: Campaign, target: Campaign, rows: Select[Any]) -> int:
@@ -303,27 +351,44 @@ def copy_messages(session: Session, source: Campaign, target: Campaign, rows: Se
             batch = []
     if batch:
         copied += len(insert_ignoring_duplicates(session, batch))
+    counters.reconcile(session, target.id)  # the clone's live counters start from an exact count
     return copied
 
 
 def mark_suppressed(session: Session, org_id: str, address: str, reason: str) -> None:
     """Put an address on the suppression list (idempotent) and suppress its queued messages."""
+    suppress_many(session, org_id, [(address, reason)])
+
+
+def suppress_many(session: Session, org_id: str, entries: Sequence[tuple[str, str]]) -> int:
+    """Put normalised addresses on the suppression list (idempotent; the first reason stays) and
+    suppress their queued messages in every campaign of the organisation, dropping their secrets.
+    Returns how many addresses were new to the list."""
+    if not entries:
+        return 0
     dialect = session.get_bind().dialect.name
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(
-        ins(table_of(Suppression))
-        .values(org_id=org_id, address=address, reason=reason[:200], created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["org_id", "address"])
-    )
-    session.execute(
-        update(Message)
-        .where(
-            col(Message.to) == address,
-            col(Message.status) == MessageStatus.QUEUED.value,
-            col(Message.campaign_id).in_(select(col(Campaign.id)).where(col(Campaign.org_id) == org_id)),
+    now = utcnow()
+    added = 0
+    campaigns = select(col(Campaign.id)).where(col(Campaign.org_id) == org_id)
+    for start in range(0, len(entries), 1000):
+        part = list(dict(entries[start : start + 1000]).items())
+        result = session.execute(
+            ins(table_of(Suppression))
+            .on_conflict_do_nothing(index_elements=["org_id", "address"])
+            .returning(table_of(Suppression).c.id),
+            [{"org_id": org_id, "address": a, "reason": r[:200], "created_at": now} for a, r in part],
         )
-        .values(status=MessageStatus.SUPPRESSED.value, secrets=None, updated_at=utcnow())
-    )
-
-
-__all__ = ["ImportResult", "RecipientImporter", "Row", "rows_from_json", "rows_from_table", "secret_aad"]
+        added += len(result.all())
+        queued = (
+            col(Message.to).in_([a for a, _ in part]),
+            col(Message.status) == MessageStatus.QUEUED.value,
+            col(Message.campaign_id).in_(campaigns),
+        )
+        before = counters.snapshot_where(session, *queued)
+        session.execute(
+            update(Message).where(*queued).values(status=MessageStatus.SUPPRESSED.value, secrets=None, updated_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        counters.apply_changes(session, before)
+    return added

@@ -1,22 +1,32 @@
 """The scheduler tick: starts due campaigns, opens and closes send windows, expires what passed
 its deadline, returns messages whose lease expired (their worker died) and completes campaigns.
-Every step is a conditional update, so two ticks at once do no harm."""
+
+Every step is a conditional update, so two ticks at once do no harm (the Celery task also takes a
+Redis lock, and only one beat sends ticks; see workers/celery_app.py). Messages waiting for a
+retry (`next_attempt_at`) need no step here: the dispatcher claims them once their time came.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import exists, insert, or_, select, update
 from sqlmodel import Session, col
 
-from campaigns.models import Campaign, CampaignStatus, Channel, Message, MessageStatus
+from campaigns import counters
+from campaigns.models import Campaign, CampaignStatus, Channel, Message, MessageEvent, MessageStatus
+from campaigns.sending import is_inflight
 from campaigns.windows import in_window
 from loa.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 ACTIVE = [CampaignStatus.SCHEDULED.value, CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value]
+PENDING = [MessageStatus.QUEUED.value, MessageStatus.DISPATCHING.value]
+# Rows swept per tick: bounded so one tick stays short after a big crash; the next takes the rest.
+SWEEP_LIMIT = 5000
 
 
 def start_due(session: Session) -> int:
@@ -29,11 +39,17 @@ def start_due(session: Session) -> int:
         )
         .values(status=CampaignStatus.RUNNING.value, updated_at=now)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    started = int(result.rowcount)  # type: ignore[attr-defined]
+    if started:
+        log.info("started %s due campaigns", started)
+    return started
 
 
-def update_windows(session: Session) -> None:
+def update_windows(session: Session) -> int:
+    """Flag running campaigns outside their send window (they stay `running`, so a user's pause
+    and the window never collide); returns how many changed."""
     now = utcnow()
+    changed = 0
     for campaign in session.scalars(
         select(Campaign).where(col(Campaign.status) == CampaignStatus.RUNNING.value, col(Campaign.window).is_not(None))
     ):
@@ -41,15 +57,19 @@ def update_windows(session: Session) -> None:
         if waiting != campaign.waiting_for_window:
             campaign.waiting_for_window = waiting
             campaign.updated_at = now
+            changed += 1
             log.info(
                 "campaign %s %s its send window",
                 campaign.id,
                 "outside" if waiting else "inside",
                 extra={"campaign_id": campaign.id},
             )
+    session.flush()
+    return changed
 
 
 def expire_past_deadline(session: Session) -> int:
+    """Queued messages of campaigns past their deadline expire (in-flight ones finish first)."""
     now = utcnow()
     overdue = select(col(Campaign.id)).where(col(Campaign.status).in_(ACTIVE), col(Campaign.deadline) < now)
     result = session.execute(
@@ -64,65 +84,121 @@ def expire_past_deadline(session: Session) -> int:
         ),
         execution_options={"synchronize_session": False},
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    expired = int(result.rowcount)  # type: ignore[attr-defined]
+    if expired:  # set-based (maybe millions): feed and recount the campaigns, not row by row
+        for campaign_id in list(session.scalars(overdue)):
+            counters.bulk_changed(
+                session, campaign_id, col(Message.status) == MessageStatus.EXPIRED.value, col(Message.updated_at) == now
+            )
+    return expired
 
 
-def sweep_expired_leases(session: Session) -> int:
-    """Messages a dead worker had claimed go back to the queue. Their submit may have reached the
-    carrier, so each counts as an ambiguous resend."""
+def sweep_expired_leases(session: Session, *, max_attempts: int = 5, limit: int = SWEEP_LIMIT) -> dict[str, int]:
+    """Messages a dead (or cut-off) worker had claimed go back to the queue.
+
+    Only rows marked in flight (their submit was under way) may have reached the carrier: those
+    count as an ambiguous resend and use an attempt, or fail when attempts are used up or their
+    campaign's policy is `hold`. Rows the worker never got to are plainly re-queued."""
     now = utcnow()
-    result = session.execute(
-        update(Message)
+    pick = (
+        select(col(Message.id), col(Message.claim), col(Message.attempts), col(Message.campaign_id))
         .where(col(Message.status) == MessageStatus.DISPATCHING.value, col(Message.lease_until) < now)
-        .values(
-            status=MessageStatus.QUEUED.value,
-            claim=None,
-            lease_until=None,
-            ambiguous_resends=col(Message.ambiguous_resends) + 1,
-            updated_at=now,
-        ),
-        execution_options={"synchronize_session": False},
+        .order_by(col(Message.id))
+        .limit(limit)
     )
-    swept = int(result.rowcount)  # type: ignore[attr-defined]
-    if swept:
-        log.warning("returned %s messages with an expired lease to the queue", swept)
-    return swept
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    rows = session.execute(pick).all()
+    if not rows:
+        return {}
+    before = counters.snapshot(session, (int(r[0]) for r in rows))
+    policies = _ambiguous_policies(session, {str(r[3]) for r in rows if is_inflight(r[1])})
+    plain: list[int] = []
+    resend: list[int] = []
+    give_up: list[int] = []
+    for mid, claim, attempts, campaign_id in rows:
+        if not is_inflight(claim):
+            plain.append(int(mid))
+        elif policies.get(str(campaign_id)) == "hold" or int(attempts) + 1 >= max_attempts:
+            give_up.append(int(mid))
+        else:
+            resend.append(int(mid))
+    back = {"status": MessageStatus.QUEUED.value, "claim": None, "lease_until": None, "updated_at": now}
+    if plain:
+        session.execute(update(Message).where(col(Message.id).in_(plain)).values(**back))
+    if resend:
+        session.execute(
+            update(Message)
+            .where(col(Message.id).in_(resend))
+            .values(
+                **back,
+                attempts=col(Message.attempts) + 1,
+                ambiguous_resends=col(Message.ambiguous_resends) + 1,
+                next_attempt_at=None,
+            )
+        )
+    if give_up:
+        session.execute(
+            update(Message)
+            .where(col(Message.id).in_(give_up))
+            .values(
+                status=MessageStatus.FAILED.value,
+                claim=None,
+                lease_until=None,
+                updated_at=now,
+                attempts=col(Message.attempts) + 1,
+                error_code="ambiguous",
+                error_text="the worker sending it was lost; the carrier may or may not have it",
+                secrets=None,
+            )
+        )
+    events = [
+        {"message_id": mid, "at": now, "kind": "lease_expired", "detail": {"in_flight": in_flight}}
+        for ids, in_flight in ((plain, False), (resend, True), (give_up, True))
+        for mid in ids
+    ]
+    session.execute(insert(MessageEvent), events)
+    counters.apply_changes(session, before)
+    log.warning(
+        "lease expired: %s messages re-queued, %s resent as ambiguous, %s failed as ambiguous",
+        len(plain),
+        len(resend),
+        len(give_up),
+    )
+    return {"requeued": len(plain), "ambiguous": len(resend), "failed": len(give_up)}
+
+
+def _ambiguous_policies(session: Session, campaign_ids: set[str]) -> dict[str, str]:
+    if not campaign_ids:
+        return {}
+    rows = session.execute(select(col(Campaign.id), col(Campaign.options)).where(col(Campaign.id).in_(campaign_ids)))
+    return {str(cid): str((options or {}).get("ambiguous", "resend")) for cid, options in rows}
 
 
 def complete_finished(session: Session, receipt_timeout: timedelta) -> list[str]:
-    """Running campaigns with nothing pending (and no SMS awaiting a receipt) become completed."""
+    """Running campaigns with nothing pending become completed; an SMS `sent` counts as final once
+    its receipt timeout passed (it keeps `sent` and is flagged `no_receipt`)."""
     now = utcnow()
     done: list[str] = []
     for campaign in session.scalars(select(Campaign).where(col(Campaign.status) == CampaignStatus.RUNNING.value)):
-        pending = session.scalar(
-            select(
-                exists().where(
-                    col(Message.campaign_id) == campaign.id,
-                    col(Message.status).in_([MessageStatus.QUEUED.value, MessageStatus.DISPATCHING.value]),
-                )
-            )
-        )
-        if pending:
+        mine = col(Message.campaign_id) == campaign.id
+        if session.scalar(select(exists().where(mine, col(Message.status).in_(PENDING)))):
             continue
         if campaign.channel is Channel.SMS:
-            waiting_receipt = and_(
-                col(Message.campaign_id) == campaign.id,
-                col(Message.status) == MessageStatus.SENT.value,
-            )
-            young = session.scalar(
-                select(func.count()).where(waiting_receipt, col(Message.submitted_at) > now - receipt_timeout)
-            )
-            if young:
+            awaiting = (mine, col(Message.status) == MessageStatus.SENT.value)
+            if session.scalar(select(exists().where(*awaiting, col(Message.submitted_at) > now - receipt_timeout))):
                 continue
             session.execute(
-                update(Message).where(waiting_receipt).values(no_receipt=True),
+                update(Message).where(*awaiting).values(no_receipt=True),
                 execution_options={"synchronize_session": False},
             )
         campaign.status = CampaignStatus.COMPLETED
+        campaign.waiting_for_window = False
         campaign.finished_at = now
         campaign.updated_at = now
         done.append(campaign.id)
         log.info("campaign %s completed", campaign.id, extra={"campaign_id": campaign.id})
+    session.flush()
     return done
 
 
@@ -145,10 +221,16 @@ def purge_retention(session: Session, retention_days: int) -> int:
     return purged
 
 
-def tick(session: Session, receipt_timeout: timedelta) -> dict[str, int]:
+def tick(session: Session, receipt_timeout: timedelta, *, max_attempts: int = 5) -> dict[str, Any]:
     started = start_due(session)
-    update_windows(session)
+    windows = update_windows(session)
     expired = expire_past_deadline(session)
-    swept = sweep_expired_leases(session)
+    swept = sweep_expired_leases(session, max_attempts=max_attempts)
     completed = complete_finished(session, receipt_timeout)
-    return {"started": started, "expired": expired, "swept": swept, "completed": len(completed)}
+    return {
+        "started": started,
+        "windows": windows,
+        "expired": expired,
+        "swept": sum(swept.values()),
+        "completed": len(completed),
+    }

@@ -2,6 +2,14 @@
 outcomes in bulk after it. The session is closed in between, so a slow carrier never holds a
 database connection.
 
+Before rows go on the wire they are marked *in flight* (`begin_submit`: their claim token gets
+a suffix), and their outcomes are recorded after it: the SMS path marks a whole batch and journals
+the SMSC's answers in Redis meanwhile (workers/sms_journal.py), the email path goes slice by slice
+(:class:`BatchLedger`). A worker that dies leaves in-flight rows (maybe accepted by the carrier:
+ambiguous) apart from rows it never touched (plainly unsent), and the lease sweep counts only the
+former in `ambiguous_resends`. The mark is also an ownership check: a row that was swept,
+paused-and-reclaimed or cancelled meanwhile is not sent.
+
 Secrets are decrypted here, in the send worker, only for rendering; the rendered text lives in
 memory for the duration of the batch and is never stored.
 """
@@ -9,25 +17,41 @@ memory for the duration of the batch and is never stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Engine, bindparam, select, text, update
 from sqlmodel import Session, col
 
+from campaigns import counters
+from campaigns.bulk import insert_rows
 from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus, SmsSegment
 from campaigns.recipients import secret_aad
 from campaigns.templates import Rendered, render
-from campaigns.windows import window_end_utc
+from campaigns.windows import in_window, window_end_utc
 from loa.crypto import SecretBox, SecretDecryptError
+from loa.db import table_of, transaction
 from loa.timeutil import utcnow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRY_BASE_S = 30.0
 RETRY_MAX_S = 3600.0
+INFLIGHT_MARK = "!"
+ERROR_TEXT_MAX = 500
+
+# A carrier's "accepted" is the truth whatever happened to the row meanwhile: a pause or a lease
+# sweep may have put it back in the queue, a cancel may have marked it cancelled.
+SENT_FROM = frozenset({MessageStatus.DISPATCHING, MessageStatus.QUEUED, MessageStatus.CANCELLED})
+
+_messages = table_of(Message)
+_events = table_of(MessageEvent)
+_segments = table_of(SmsSegment)
 
 
 @dataclass
@@ -56,11 +80,41 @@ class Outcome:
     provider_ids: Sequence[str] = ()
     segments: int = 1
     suppress: bool = False
+    # retry / not_sent: when to try again (None: retry_delay(attempts) for a retry, now for not_sent)
+    retry_at: datetime | None = None
 
 
-def load_batch(session: Session, box: SecretBox, campaign_id: str, ids: Sequence[int], claim: str) -> LoadedBatch:
+def inflight_claim(claim: str) -> str:
+    """The claim token of rows whose submit is under way (see the module docstring)."""
+    return claim + INFLIGHT_MARK
+
+
+def is_inflight(claim: str | None) -> bool:
+    return bool(claim) and str(claim).endswith(INFLIGHT_MARK)
+
+
+def load_batch(
+    session: Session,
+    box: SecretBox,
+    campaign_id: str,
+    ids: Sequence[int],
+    claim: str,
+    *,
+    template_of: Callable[[Campaign], Mapping[str, str | None]] | None = None,
+) -> LoadedBatch:
+    """Claimed rows with secrets decrypted and the template rendered, in memory only.
+
+    `template_of` may give the parts to render instead of `campaign.template` (the email path
+    adds a text part derived from the HTML once per campaign rather than once per message)."""
     campaign = session.get(Campaign, campaign_id)
-    if campaign is None or campaign.status is not CampaignStatus.RUNNING or campaign.waiting_for_window:
+    if (
+        campaign is None
+        or campaign.status is not CampaignStatus.RUNNING
+        or campaign.waiting_for_window
+        # The tick flags a closed window within seconds; a campaign launched or resumed outside
+        # its window must not send in the meantime.
+        or not in_window(campaign.window, utcnow())
+    ):
         release(session, ids, claim)
         return LoadedBatch(campaign=None)
     rows = session.execute(
@@ -73,6 +127,7 @@ def load_batch(session: Session, box: SecretBox, campaign_id: str, ids: Sequence
         )
     ).all()
     batch = LoadedBatch(campaign=campaign, validity=_validity(campaign))
+    template = template_of(campaign) if template_of is not None else campaign.template
     failures: list[Outcome] = []
     for mid, to, fields, token, attempts in rows:
         values: dict[str, Any] = dict(fields)
@@ -83,7 +138,7 @@ def load_batch(session: Session, box: SecretBox, campaign_id: str, ids: Sequence
                 failures.append(Outcome(mid, "failed", "secret_unreadable", str(exc)))
                 continue
         try:
-            rendered = render(campaign.template, values)
+            rendered = render(template, values)
         except Exception as exc:  # a template error names the field, never a value
             failures.append(Outcome(mid, "failed", "template_error", type(exc).__name__ + ": " + str(exc)[:200]))
             continue
@@ -99,20 +154,128 @@ def _validity(campaign: Campaign) -> datetime | None:
 
 
 def release(session: Session, ids: Iterable[int], claim: str) -> None:
-    """Give claimed rows back to the queue untouched (campaign paused, window closed, shutdown)."""
+    """Give claimed rows that were never submitted back to the queue (paused, window closed, halt)."""
+    mine = (
+        col(Message.id).in_(list(ids)),
+        col(Message.claim) == claim,
+        col(Message.status) == MessageStatus.DISPATCHING.value,
+    )
+    before = counters.snapshot_where(session, *mine)
     session.execute(
+        update(Message).where(*mine).values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None)
+    )
+    counters.apply_changes(session, before)
+
+
+def begin_submit(session: Session, ids: Sequence[int], claim: str, lease_s: float) -> set[int]:
+    """Mark rows in flight right before their submit; returns the ids this claim still owns.
+
+    Idempotent (a retried transaction finds its rows already marked) and it renews their lease."""
+    now = utcnow()
+    result = session.execute(
         update(Message)
         .where(
             col(Message.id).in_(list(ids)),
-            col(Message.claim) == claim,
+            col(Message.claim).in_([claim, inflight_claim(claim)]),
             col(Message.status) == MessageStatus.DISPATCHING.value,
         )
-        .values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None)
+        .values(claim=inflight_claim(claim), lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+        .returning(col(Message.id))
     )
+    return {int(i) for i in result.scalars()}
+
+
+def renew_lease(session: Session, claim: str, lease_s: float) -> int:
+    """Push the lease of every row still held by this claim (a long batch must not be swept)."""
+    result = session.execute(
+        update(Message)
+        .where(
+            col(Message.claim).in_([claim, inflight_claim(claim)]),
+            col(Message.status) == MessageStatus.DISPATCHING.value,
+        )
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def retry_delay(attempts: int) -> timedelta:
     return timedelta(seconds=min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, attempts - 1)))
+
+
+def _final_kind(o: Outcome, tried: int, max_attempts: int, ambiguous_policy: str) -> str:
+    kind = o.kind
+    if kind == "ambiguous" and ambiguous_policy == "hold":
+        return "failed"
+    if kind in ("retry", "ambiguous") and tried >= max_attempts:
+        return "failed"
+    return kind
+
+
+def _update_statement(kind: str, sent_status: MessageStatus) -> Any:
+    """One executemany-able UPDATE per outcome kind; per-row values are `b_*` parameters."""
+    t = _messages
+    common: dict[str, Any] = {
+        "claim": None,
+        "lease_until": None,
+        "updated_at": bindparam("b_now"),
+        "attempts": bindparam("b_attempts"),
+    }
+    values: dict[str, Any]
+    if kind == "sent":
+        values = {
+            "status": sent_status.value,
+            "provider_ids": bindparam("b_provider_ids"),
+            "submitted_at": bindparam("b_now"),
+            "segments": bindparam("b_segments"),
+            "error_code": None,
+            "error_text": None,
+            "next_attempt_at": None,
+            "secrets": None,  # never needed again once the carrier or relay has the message
+        }
+    elif kind == "failed":
+        values = {
+            "status": MessageStatus.FAILED.value,
+            "error_code": bindparam("b_error_code"),
+            "error_text": bindparam("b_error_text"),
+            "secrets": None,
+        }
+    elif kind == "retry":
+        values = {
+            "status": MessageStatus.QUEUED.value,
+            "error_code": bindparam("b_error_code"),
+            "error_text": bindparam("b_error_text"),
+            "next_attempt_at": bindparam("b_next"),
+        }
+    elif kind == "ambiguous":
+        values = {
+            "status": MessageStatus.QUEUED.value,
+            "next_attempt_at": None,
+            "ambiguous_resends": t.c.ambiguous_resends + 1,
+        }
+    else:  # not_sent: back to the queue, no attempt used
+        values = {"status": MessageStatus.QUEUED.value, "next_attempt_at": bindparam("b_next")}
+    return update(t).where(t.c.id == bindparam("b_id")).values(**common, **values)
+
+
+def _update_sent_pg(session: Session, rows: Sequence[dict[str, Any]], sent_status: MessageStatus) -> None:
+    """`_update_statement("sent")` for many rows in one Postgres statement (unnest of arrays)."""
+    session.execute(
+        text(
+            "UPDATE message AS m SET status = :status, provider_ids = v.provider_ids, submitted_at = :now,"
+            " updated_at = :now, segments = v.segments, attempts = v.attempts, claim = NULL, lease_until = NULL,"
+            " error_code = NULL, error_text = NULL, next_attempt_at = NULL, secrets = NULL"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:provider_ids AS text[]), CAST(:segments AS int[]),"
+            " CAST(:attempts AS int[])) AS v(id, provider_ids, segments, attempts) WHERE m.id = v.id"
+        ),
+        {
+            "status": sent_status.value,
+            "now": rows[0]["b_now"],
+            "ids": [r["b_id"] for r in rows],
+            "provider_ids": [r["b_provider_ids"] for r in rows],
+            "segments": [r["b_segments"] for r in rows],
+            "attempts": [r["b_attempts"] for r in rows],
+        },
+    )
 
 
 def record(
@@ -125,92 +288,171 @@ def record(
     sent_status: MessageStatus = MessageStatus.SENT,
     ambiguous_policy: str = "resend",
 ) -> dict[str, int]:
-    """Apply outcomes with conditional updates; returns how many of each kind were applied."""
+    """Apply outcomes in bulk; returns how many of each kind were applied.
+
+    Rows are locked and read once, the rules are applied here, and each kind is one executemany.
+    Only `sent` may touch a row this claim no longer holds (the carrier has it, that is the
+    truth); every other outcome applies only to rows still dispatching under this claim, so a
+    late task never undoes the work of the claim that followed it."""
+    if not outcomes:
+        return {}
     now = utcnow()
-    pending = [MessageStatus.DISPATCHING.value, MessageStatus.QUEUED.value]
-    ours = [MessageStatus.DISPATCHING.value]
+    ids = sorted({o.message_id for o in outcomes})
+    before = counters.snapshot(session, ids)  # live counters: what these rows count as now
+    lock = select(col(Message.id), col(Message.status), col(Message.claim), col(Message.attempts)).where(
+        col(Message.id).in_(ids)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        lock = lock.order_by(col(Message.id)).with_for_update()  # one order: no deadlock between batches
+    current = {
+        int(mid): (MessageStatus(status), row_claim, int(n)) for mid, status, row_claim, n in session.execute(lock)
+    }
+    ours = {claim, inflight_claim(claim)}
+    params: dict[str, list[dict[str, Any]]] = defaultdict(list)
     events: list[dict[str, Any]] = []
     segments: list[dict[str, Any]] = []
-    counts: dict[str, int] = {}
-    ids = [o.message_id for o in outcomes]
-    attempts = {
-        int(mid): int(n)
-        for mid, n in session.execute(select(col(Message.id), col(Message.attempts)).where(col(Message.id).in_(ids)))
-    }
     for o in outcomes:
-        tried = int(attempts.get(o.message_id, 0)) + (0 if o.kind == "not_sent" else 1)
-        values: dict[str, Any] = {"updated_at": now, "claim": None, "lease_until": None, "attempts": tried}
-        allowed = ours
-        kind = o.kind
-        if kind == "ambiguous" and ambiguous_policy == "hold":
-            kind = "failed"
-        if kind in ("retry", "ambiguous") and tried >= max_attempts:
-            kind = "failed"
-        if kind == "sent":
-            allowed = pending  # the carrier accepted it: that is the truth, whatever a pause did since
-            values |= {
-                "status": sent_status.value,
-                "provider_ids": ";".join(o.provider_ids) or None,
-                "submitted_at": now,
-                "segments": o.segments,
-                "error_code": None,
-                "error_text": None,
-                "secrets": None,  # never needed again once the carrier or relay has the message
-            }
-        elif kind == "failed":
-            values |= {
-                "status": MessageStatus.FAILED.value,
-                "error_code": o.error_code,
-                "error_text": o.error_text,
-                "secrets": None,
-            }
-        elif kind == "retry":
-            values |= {
-                "status": MessageStatus.QUEUED.value,
-                "error_code": o.error_code,
-                "error_text": o.error_text,
-                "next_attempt_at": now + retry_delay(tried),
-            }
-        elif kind == "ambiguous":
-            values |= {
-                "status": MessageStatus.QUEUED.value,
-                "next_attempt_at": None,
-                "ambiguous_resends": col(Message.ambiguous_resends) + 1,
-            }
-        else:  # not_sent: back to the queue, no attempt used
-            values |= {"status": MessageStatus.QUEUED.value}
-        result = session.execute(
-            update(Message).where(col(Message.id) == o.message_id, col(Message.status).in_(allowed)).values(**values)
-        )
-        if not result.rowcount:  # type: ignore[attr-defined]
+        row = current.pop(o.message_id, None)  # a second outcome for one message is ignored
+        if row is None:
             continue
-        counts[kind] = counts.get(kind, 0) + 1
+        status, row_claim, attempts = row
+        tried = attempts + (0 if o.kind == "not_sent" else 1)
+        kind = _final_kind(o, tried, max_attempts, ambiguous_policy)
+        if kind == "sent":
+            if status not in SENT_FROM:
+                continue
+        elif status is not MessageStatus.DISPATCHING or row_claim not in ours:
+            continue
+        error_code = o.error_code or ("ambiguous" if o.kind == "ambiguous" else None)
+        params[kind].append(
+            {
+                "b_id": o.message_id,
+                "b_now": now,
+                "b_attempts": tried,
+                "b_provider_ids": ";".join(o.provider_ids) or None,
+                "b_segments": o.segments,
+                "b_error_code": error_code,
+                "b_error_text": (o.error_text or "")[:ERROR_TEXT_MAX] or None,
+                "b_next": o.retry_at or (now + retry_delay(tried) if kind == "retry" else None),
+            }
+        )
         detail: dict[str, Any] = {}
         if o.error_code:
             detail = {"error": o.error_code, "text": o.error_text}
         if o.provider_ids:
             detail["provider_ids"] = list(o.provider_ids)
         events.append(
-            {
-                "message_id": o.message_id,
-                "at": now,
-                "kind": kind if kind != "sent" else "submitted",
-                "detail": detail,
-            }
+            {"message_id": o.message_id, "at": now, "kind": "submitted" if kind == "sent" else kind, "detail": detail}
         )
         if kind == "sent" and gateway is not None:
             segments.extend(
-                {
-                    "message_id": o.message_id,
-                    "gateway": gateway,
-                    "seq": i,
-                    "provider_id": pid,
-                    "submitted_at": now,
-                }
+                {"message_id": o.message_id, "gateway": gateway, "seq": i, "provider_id": pid, "submitted_at": now}
                 for i, pid in enumerate(o.provider_ids)
             )
-    if events:
-        session.execute(insert(MessageEvent), events)
-    if segments:
-        session.execute(insert(SmsSegment), segments)
-    return counts
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for kind, rows in params.items():
+        if kind == "sent" and postgres:
+            _update_sent_pg(session, rows, sent_status)  # the hot path: one statement, not one per row
+        else:
+            session.execute(_update_statement(kind, sent_status), rows)
+    # COPY on Postgres: the ORM's bulk path costs far more per row on the send hot path.
+    insert_rows(session, _events, events)
+    insert_rows(session, _segments, segments)
+    counters.apply_changes(session, before)
+    return {kind: len(rows) for kind, rows in params.items()}
+
+
+Retry = Callable[[Callable[[], Any]], Any]
+
+
+def _no_retry(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+@dataclass
+class BatchLedger:
+    """The bookkeeping of one claimed batch, sent slice by slice (see the module docstring).
+
+    `begin(ids)` before a slice goes out, `record(outcomes)` right after it, `finish(ids)` at the
+    end (gives back what was never submitted). Each call is its own short transaction, run
+    through `retry` (the workers pass tenacity's DB retry), so a dropped connection is retried
+    without losing the outcomes in hand."""
+
+    engine: Engine
+    claim: str
+    lease_s: float
+    max_attempts: int
+    gateway: str | None = None
+    ambiguous_policy: str = "resend"
+    sent_status: MessageStatus = MessageStatus.SENT
+    retry: Retry = _no_retry
+    counts: dict[str, int] = field(default_factory=dict)
+    _renewed: float = field(default_factory=time.monotonic)
+
+    def _run(self, fn: Callable[[Session], T]) -> T:
+        def attempt() -> T:
+            with transaction(self.engine) as session:
+                return fn(session)
+
+        result: T = self.retry(attempt)
+        return result
+
+    def begin(self, ids: Sequence[int]) -> set[int]:
+        """Mark these rows in flight; returns those still ours (only those may be submitted)."""
+        renew = time.monotonic() - self._renewed > self.lease_s / 3
+
+        def step(session: Session) -> set[int]:
+            owned = begin_submit(session, ids, self.claim, self.lease_s)
+            if renew:
+                renew_lease(session, self.claim, self.lease_s)
+            return owned
+
+        owned = self._run(step)
+        if renew:
+            self._renewed = time.monotonic()
+        if len(owned) < len(ids):
+            log.info(
+                "claim %s: %s of %s rows were taken back before their submit",
+                self.claim,
+                len(ids) - len(owned),
+                len(ids),
+            )
+        return owned
+
+    def record(self, outcomes: Sequence[Outcome]) -> dict[str, int]:
+        if not outcomes:
+            return {}
+        applied = self._run(
+            lambda session: record(
+                session,
+                outcomes,
+                self.claim,
+                max_attempts=self.max_attempts,
+                gateway=self.gateway,
+                sent_status=self.sent_status,
+                ambiguous_policy=self.ambiguous_policy,
+            )
+        )
+        for kind, n in applied.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+        return applied
+
+    def finish(self, ids: Sequence[int], outcomes: Sequence[Outcome] = ()) -> dict[str, int]:
+        """Record the last outcomes and give every row never submitted back to the queue."""
+
+        def step(session: Session) -> dict[str, int]:
+            applied = record(
+                session,
+                outcomes,
+                self.claim,
+                max_attempts=self.max_attempts,
+                gateway=self.gateway,
+                sent_status=self.sent_status,
+                ambiguous_policy=self.ambiguous_policy,
+            )
+            release(session, ids, self.claim)
+            return applied
+
+        for kind, n in self._run(step).items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+        return dict(self.counts)

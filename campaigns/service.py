@@ -1,63 +1,95 @@
-"""Campaign rules: create, edit, clone, launch, pause, resume, cancel. Flushes, never commits."""
+"""Campaign rules for drafts: create, list, edit, delete, clone. Flushes, never commits.
+
+Launching and the other lifecycle actions live in `campaigns.launching`, test sends in
+`campaigns.testsend`, the preview in `campaigns.preview`.
+"""
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, literal, select, tuple_
 from sqlmodel import Session, col
 
 from accounts.models import ApiKey, Organisation
 from accounts.service import audit
-from campaigns import repository
-from campaigns.lifecycle import Action, InvalidTransition, next_status
-from campaigns.models import Campaign, CampaignStatus, Channel, Message, MessageStatus, Upload
-from campaigns.schemas import CampaignCreate, CampaignUpdate, CloneIn, TemplateIn, validate_channel_fields
+from campaigns import counters, repository
+from campaigns.models import Campaign, CampaignStatus, Channel, Message, MessageEvent, MessageStatus, Upload
+from campaigns.schemas import (
+    CampaignCreate,
+    CampaignUpdate,
+    CloneIn,
+    ScheduleIn,
+    TemplateIn,
+    validate_sender,
+    validate_template_parts,
+)
 from campaigns.templates import TemplateError, check_template
 from gateways.smpp.codec import EncodingPolicy, UnencodableError, prepare
+from loa.db import table_of
 from loa.errors import Conflict, Invalid
-from loa.timeutil import to_utc, utcnow
+from loa.timeutil import utcnow
 
-_PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+_PLACEHOLDER = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+# Keys of `Campaign.options` that the system writes; never copied to a clone, never user-set.
+INTERNAL_OPTIONS = ("test_of", "approval", "purged_at")
+TEST_OF = "test_of"
 
 
-def _schedule_columns(data: CampaignCreate | CampaignUpdate) -> dict[str, Any]:
-    if data.schedule is None:
-        return {}
-    s = data.schedule
+def require_draft(campaign: Campaign, doing: str) -> None:
+    if campaign.status is not CampaignStatus.DRAFT:
+        raise Conflict(
+            f"only drafts can be {doing}; the campaign is {campaign.status.value}",
+            {"status": campaign.status.value},
+            code="invalid_transition",
+        )
+
+
+def _schedule_columns(schedule: ScheduleIn | None) -> dict[str, Any]:
+    if schedule is None:
+        return {"start_at": None, "deadline": None, "window": None}
     return {
-        "start_at": to_utc(s.start_at) if s.start_at else None,
-        "deadline": to_utc(s.deadline) if s.deadline else None,
-        "window": s.window.model_dump() if s.window else None,
+        "start_at": schedule.start_at,
+        "deadline": schedule.deadline,
+        "window": schedule.window.model_dump() if schedule.window else None,
     }
 
 
-def _check_template(template: dict[str, Any], encoding: str, channel: Channel) -> None:
+def _check_deadline(deadline: datetime | None) -> None:
+    if deadline is not None and deadline <= utcnow():
+        raise Invalid("schedule.deadline is in the past", {"field": "schedule.deadline"})
+
+
+def check_template_text(
+    template: dict[str, Any], encoding: str, channel: Channel, columns: set[str] | None = None
+) -> set[str]:
+    """Compile the template (422 with the line), check placeholders against `columns` when given,
+    and under `gsm7`/`strip_diacritics` the literal SMS text (422 listing the characters)."""
     try:
-        check_template(template)
+        names = check_template(template, columns)
     except TemplateError as exc:
-        raise Invalid(str(exc), {"part": exc.part, "line": exc.line}) from None
+        code = "unknown_placeholder" if exc.unknown else "template_error"
+        raise Invalid(str(exc), exc.details(), code=code) from None
     if channel is Channel.SMS and encoding in ("gsm7", "strip_diacritics"):
-        # Only the literal text can be checked now; field values are checked at upload and send.
-        literal = template.get("body") or ""
+        # Only the literal text can be checked now; field values are checked at upload.
+        literal_text = _PLACEHOLDER.sub("", template.get("body") or "")
         try:
-            prepare(_without_placeholders(literal), EncodingPolicy(encoding))
+            prepare(literal_text, EncodingPolicy(encoding))
         except UnencodableError as exc:
             raise Invalid(
                 f"template.body has characters that do not fit {encoding}: {' '.join(exc.chars)}",
-                {"characters": exc.chars},
+                {"part": "body", "characters": list(exc.chars)},
+                code="unencodable",
             ) from None
-
-
-def _without_placeholders(text: str) -> str:
-    return _PLACEHOLDER.sub("", text)
+    return names
 
 
 def create_campaign(session: Session, org: Organisation, key: ApiKey, data: CampaignCreate) -> Campaign:
     template = data.template.model_dump(exclude_none=True)
-    _check_template(template, data.encoding, data.channel)
+    check_template_text(template, data.encoding, data.channel)
+    _check_deadline(data.schedule.deadline)
     campaign = Campaign(
         org_id=org.id,
         name=data.name,
@@ -65,57 +97,100 @@ def create_campaign(session: Session, org: Organisation, key: ApiKey, data: Camp
         sender=data.sender,
         template=template,
         encoding=data.encoding,
-        secret_fields=list(dict.fromkeys(data.secret_fields)),
+        secret_fields=data.secret_fields,
         rate_limit=data.rate_limit,
         priority=data.priority,
         options=data.options.model_dump(),
         created_by=key.id,
-        **_schedule_columns(data),
+        **_schedule_columns(data.schedule),
     )
     session.add(campaign)
     session.flush()
-    audit(session, org.id, key.id, "campaign.create", campaign.id, name=data.name)
+    audit(session, org.id, key.id, "campaign.create", campaign.id, name=data.name, channel=data.channel.value)
     return campaign
 
 
-def update_campaign(session: Session, campaign: Campaign, data: CampaignUpdate) -> Campaign:
-    if campaign.status is not CampaignStatus.DRAFT:
-        raise Conflict(
-            f"only drafts can be edited; campaign is {campaign.status.value}",
-            {"status": campaign.status.value},
-            code="invalid_transition",
+def list_campaigns(
+    session: Session,
+    org_id: str,
+    *,
+    status: CampaignStatus | None,
+    test_of: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Campaign]:
+    """Newest first, keyset-paginated on (created_at, id). Test sends are listed only by `test_of`."""
+    test_key = col(Campaign.options)[TEST_OF].as_string()
+    stmt = select(Campaign).where(col(Campaign.org_id) == org_id)
+    stmt = stmt.where(test_key.is_(None) if test_of is None else test_key == test_of)
+    if status is not None:
+        stmt = stmt.where(col(Campaign.status) == status.value)
+    if after is not None:
+        stmt = stmt.where(
+            tuple_(col(Campaign.created_at), col(Campaign.id))
+            < tuple_(literal(after[0], type_=table_of(Campaign).c.created_at.type), literal(after[1]))
         )
-    values = data.model_dump(exclude_unset=True, exclude={"schedule", "template", "options"})
+    stmt = stmt.order_by(col(Campaign.created_at).desc(), col(Campaign.id).desc()).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def update_campaign(session: Session, campaign: Campaign, key: ApiKey, data: CampaignUpdate) -> Campaign:
+    require_draft(campaign, "edited")
+    given = data.model_fields_set
+    values: dict[str, Any] = data.model_dump(include=given - {"schedule", "template", "options"})
     if data.template is not None:
         values["template"] = data.template.model_dump(exclude_none=True)
     if data.options is not None:
         values["options"] = data.options.model_dump()
-    values.update(_schedule_columns(data))
+    if "schedule" in given:
+        values |= _schedule_columns(data.schedule)
+        _check_deadline(values["deadline"])
     sender = values.get("sender", campaign.sender)
     template = values.get("template", campaign.template)
     try:
-        validate_channel_fields(campaign.channel, sender, TemplateIn(**template))
+        validate_sender(campaign.channel, sender)
     except ValueError as exc:
-        raise Invalid(str(exc)) from None
-    _check_template(template, values.get("encoding", campaign.encoding), campaign.channel)
+        raise Invalid(str(exc), {"field": "sender"}) from None
+    try:
+        validate_template_parts(campaign.channel, TemplateIn(**template))
+    except ValueError as exc:
+        raise Invalid(str(exc), {"field": "template"}) from None
+    has_recipients = repository.count_messages(session, campaign.id) > 0
+    secret_fields = values.get("secret_fields", campaign.secret_fields)
+    if has_recipients and set(secret_fields) != set(campaign.secret_fields):
+        # Stored rows were split into plain fields and encrypted secrets at upload: changing the
+        # split now would leave a "secret" column in plain text, or a plain one unreadable.
+        raise Conflict(
+            "secret_fields cannot change once recipients are uploaded; clone without recipients instead",
+            {"secret_fields": campaign.secret_fields},
+            code="recipients_uploaded",
+        )
+    columns = set(campaign.fields) | set(secret_fields) if has_recipients else None
+    check_template_text(template, values.get("encoding", campaign.encoding), campaign.channel, columns)
     for name, value in values.items():
         setattr(campaign, name, value)
+    # An approval is for what the approver saw: any edit needs a new one.
+    campaign.approved_by = None
+    campaign.options = {k: v for k, v in campaign.options.items() if k != "approval"}
     campaign.updated_at = utcnow()
+    audit(session, campaign.org_id, key.id, "campaign.update", campaign.id, fields=sorted(given))
     return campaign
 
 
-def delete_campaign(session: Session, campaign: Campaign) -> None:
-    if campaign.status is not CampaignStatus.DRAFT:
-        raise Conflict(
-            f"only drafts can be deleted; campaign is {campaign.status.value}",
-            {"status": campaign.status.value},
-            code="invalid_transition",
-        )
+def delete_campaign(session: Session, campaign: Campaign, key: ApiKey) -> None:
+    require_draft(campaign, "deleted")
+    ids = select(col(Message.id)).where(col(Message.campaign_id) == campaign.id)
+    session.execute(delete(MessageEvent).where(col(MessageEvent.message_id).in_(ids)))
     session.execute(delete(Message).where(col(Message.campaign_id) == campaign.id))
     session.execute(delete(Upload).where(col(Upload.campaign_id) == campaign.id))
+    counters.forget(session, campaign.id)
     session.delete(campaign)
+    audit(session, campaign.org_id, key.id, "campaign.delete", campaign.id, name=campaign.name)
 
 
+# "Not delivered": every final failure, plus what was never sent (queued when paused, cancelled).
+# `suppressed` stays out (the recipient opted out), and so do `sent` messages: an email `sent` is
+# a success, and an SMS `sent` without its receipt may well have arrived.
 UNDELIVERED = (
     MessageStatus.UNDELIVERABLE,
     MessageStatus.EXPIRED,
@@ -128,10 +203,15 @@ UNDELIVERED = (
 
 
 def clone_campaign(session: Session, campaign: Campaign, key: ApiKey, data: CloneIn) -> Campaign:
-    """A new draft with the same settings; optionally with all or the undelivered recipients."""
+    """A new draft with the same settings; optionally with all or the undelivered recipients.
+
+    Secret values are copied where they are still stored; they are deleted once a message is
+    final, so recipients of a finished credential campaign come without them and the launch of
+    the clone says so (`missing_secrets`) instead of sending broken messages."""
+    now = utcnow()
     clone = Campaign(
         org_id=campaign.org_id,
-        name=data.name or f"{campaign.name} (copy)",
+        name=data.name or f"{campaign.name} (copy)"[:200],
         channel=campaign.channel,
         sender=campaign.sender,
         template=dict(campaign.template),
@@ -139,14 +219,19 @@ def clone_campaign(session: Session, campaign: Campaign, key: ApiKey, data: Clon
         secret_fields=list(campaign.secret_fields),
         fields=list(campaign.fields) if data.recipients != "none" else [],
         window=campaign.window,
+        start_at=campaign.start_at if campaign.start_at and campaign.start_at > now else None,
+        deadline=campaign.deadline if campaign.deadline and campaign.deadline > now else None,
         rate_limit=campaign.rate_limit,
         priority=campaign.priority,
-        options=dict(campaign.options),
+        options={k: v for k, v in campaign.options.items() if k not in INTERNAL_OPTIONS},
         created_by=key.id,
     )
     session.add(clone)
     session.flush()
+    copied = 0
     if data.recipients != "none":
+        from campaigns.recipients import copy_messages
+
         src = select(
             col(Message.to),
             col(Message.carrier),
@@ -157,11 +242,7 @@ def clone_campaign(session: Session, campaign: Campaign, key: ApiKey, data: Clon
         ).where(col(Message.campaign_id) == campaign.id)
         if data.recipients == "undelivered":
             src = src.where(col(Message.status).in_([s.value for s in UNDELIVERED]))
-        # Secrets are bound to their campaign (AEAD associated data), so they are re-encrypted by
-        # the recipients module rather than copied; here we only copy non-secret data.
-        from campaigns.recipients import copy_messages
-
-        copy_messages(session, campaign, clone, src)
+        copied = copy_messages(session, campaign, clone, src.order_by(col(Message.id)))
     audit(
         session,
         campaign.org_id,
@@ -170,109 +251,6 @@ def clone_campaign(session: Session, campaign: Campaign, key: ApiKey, data: Clon
         clone.id,
         source=campaign.id,
         recipients=data.recipients,
+        copied=copied,
     )
     return clone
-
-
-def transition(session: Session, campaign: Campaign, action: Action, key: ApiKey | None) -> Campaign:
-    try:
-        new = next_status(campaign.status, action)
-    except InvalidTransition as exc:
-        raise Conflict(str(exc), {"status": campaign.status.value}, code="invalid_transition") from None
-    old = campaign.status
-    if (
-        action is Action.RESUME
-        and campaign.launched_at is not None
-        and campaign.start_at
-        and campaign.start_at > utcnow()
-    ):
-        new = CampaignStatus.SCHEDULED
-    campaign.status = new
-    campaign.updated_at = utcnow()
-    if new in (CampaignStatus.CANCELLED, CampaignStatus.COMPLETED, CampaignStatus.FAILED):
-        campaign.finished_at = utcnow()
-    if action is Action.CANCEL:
-        session.execute(
-            update(Message)
-            .where(
-                col(Message.campaign_id) == campaign.id,
-                col(Message.status).in_([MessageStatus.QUEUED.value, MessageStatus.DISPATCHING.value]),
-            )
-            .values(status=MessageStatus.CANCELLED.value, secrets=None, claim=None, updated_at=utcnow())
-        )
-    if action is Action.PAUSE:
-        # Batches already handed to a send worker see the pause and give their rows back.
-        session.execute(
-            update(Message)
-            .where(col(Message.campaign_id) == campaign.id, col(Message.status) == MessageStatus.DISPATCHING.value)
-            .values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None)
-        )
-    if key is not None:
-        audit(session, campaign.org_id, key.id, f"campaign.{action.value}", campaign.id, previous=old.value)
-    return campaign
-
-
-def launch(session: Session, org: Organisation, campaign: Campaign, key: ApiKey) -> Campaign:
-    if campaign.status is not CampaignStatus.DRAFT:
-        raise Conflict(
-            f"cannot launch a campaign that is {campaign.status.value}",
-            {"status": campaign.status.value},
-            code="invalid_transition",
-        )
-    total = repository.count_messages(session, campaign.id)
-    pending = int(
-        session.scalar(
-            select(func.count()).where(
-                col(Message.campaign_id) == campaign.id, col(Message.status) == MessageStatus.QUEUED.value
-            )
-        )
-        or 0
-    )
-    if total == 0:
-        raise Conflict("campaign has no recipients; upload some before launching", code="no_recipients")
-    try:
-        check_template(campaign.template, set(campaign.fields) | set(campaign.secret_fields))
-    except TemplateError as exc:
-        raise Invalid(str(exc), {"part": exc.part, "line": exc.line}) from None
-    if org.approval_threshold is not None and total > org.approval_threshold and campaign.approved_by is None:
-        raise Conflict(
-            f"campaign has {total} recipients (> {org.approval_threshold}): a second key must approve it first",
-            {"recipients": total, "threshold": org.approval_threshold},
-            code="approval_required",
-        )
-    if org.daily_quota is not None:
-        used = _messages_launched_today(session, org.id)
-        if used + pending > org.daily_quota:
-            raise Conflict(
-                f"daily quota exceeded: {used} launched in the last 24 h + {pending} > {org.daily_quota}",
-                {"used": used, "requested": pending, "quota": org.daily_quota},
-                code="quota_exceeded",
-            )
-    campaign = transition(session, campaign, Action.LAUNCH, key)
-    campaign.launched_at = utcnow()
-    if campaign.start_at is None or campaign.start_at <= utcnow():
-        campaign.status = CampaignStatus.RUNNING
-    return campaign
-
-
-def approve(session: Session, campaign: Campaign, key: ApiKey) -> Campaign:
-    if campaign.status is not CampaignStatus.DRAFT:
-        raise Conflict(f"only drafts can be approved; campaign is {campaign.status.value}", code="invalid_transition")
-    if key.id == campaign.created_by:
-        raise Conflict("the key that created the campaign cannot approve it", code="four_eyes")
-    campaign.approved_by = key.id
-    audit(session, campaign.org_id, key.id, "campaign.approve", campaign.id)
-    return campaign
-
-
-def _messages_launched_today(session: Session, org_id: str) -> int:
-    since = utcnow() - timedelta(hours=24)
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Message)
-            .join(Campaign, col(Campaign.id) == col(Message.campaign_id))
-            .where(col(Campaign.org_id) == org_id, col(Campaign.launched_at) >= since)
-        )
-        or 0
-    )

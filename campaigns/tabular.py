@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import datetime as dt
 import io
 import logging
 import os
@@ -24,12 +23,11 @@ import shutil
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Final, Protocol
+from typing import IO, Any, BinaryIO, Final, NamedTuple, Protocol
 
 from campaigns.legacy_encodings import guess_legacy_encoding
 
-__all__ = ["Row", "TableError", "TableReader", "open_table"]
+__all__ = ["Row", "TableError", "TableReader", "clean_text", "open_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +70,10 @@ class TableError(ValueError):
         self.row = row
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One data row. ``values`` has exactly one entry per header column ("" for missing cells);
-    ``extra`` says the row had non-empty cells to the right of the last named column."""
+    ``extra`` says the row had non-empty cells to the right of the last named column.
+    (A named tuple: a million of them are made per upload, at a third of a dataclass's cost.)"""
 
     number: int
     values: list[str]
@@ -102,7 +100,9 @@ def open_table(stream: BinaryIO, filename: str | None, content_type: str | None 
     claimed = _claimed_format(filename, content_type)
     if head.startswith(_ZIP_MAGIC) and claimed != "other":
         # A workbook renamed to .csv or .xls is still a workbook; trust the bytes over the name.
-        return _XlsxTable(_seekable_copy(stream, head, start))
+        from campaigns.tabular_xlsx import XlsxTable  # only workbook uploads pay for openpyxl
+
+        return XlsxTable(_seekable_copy(stream, head, start))
     if head.startswith(_OLE2_MAGIC) or claimed == "xls":
         raise TableError(
             "unsupported_format",
@@ -191,11 +191,15 @@ def _column_letter(index: int) -> str:
     return letters
 
 
-def _clean(value: str) -> str:
+def clean_text(value: str) -> str:
+    """A cell as stored: surrounding whitespace stripped, Unicode in NFC."""
     value = value.strip()
     if not value.isascii() and not unicodedata.is_normalized("NFC", value):
         value = unicodedata.normalize("NFC", value)
     return value
+
+
+_clean = clean_text
 
 
 def _header_from(cells: list[str]) -> list[str]:
@@ -271,7 +275,9 @@ class _CsvTable:
         if delimiter is None:
             # Excel's "sep=;" first line: Excel hides it, so it does not count as a row.
             delimiter = self._text.readline().strip().lstrip("\ufeff")[4:]
-        self._reader = csv.reader(self._text, delimiter=delimiter)
+        # strict: a quote never closed would otherwise swallow the rest of the file into one cell,
+        # and "ab"c would silently become abc.
+        self._reader = csv.reader(self._text, delimiter=delimiter, strict=True)
         self._closed = False
         self._number = 0
         self.header, self._data = _header_and_rows(self._rows())
@@ -280,18 +286,24 @@ class _CsvTable:
         try:
             for cells in self._reader:
                 self._number += 1
-                joined = "".join(cells)
+                # One check for the whole row instead of a function call per cell; NUL never
+                # composes, so the joined row is NFC exactly when every cell is.
+                joined = "\x00".join(cells)
                 if not joined.isascii():
                     try:
                         joined.encode("utf-8")
                     except UnicodeEncodeError:
                         raise self._undecodable(cells) from None
-                yield self._number, [_clean(cell) for cell in cells]
+                    if not unicodedata.is_normalized("NFC", joined):
+                        yield self._number, [_clean(cell) for cell in cells]
+                        continue
+                yield self._number, [cell.strip() for cell in cells]
         except csv.Error as exc:
             row = self._number + 1
             raise TableError(
                 "bad_csv",
-                f'Row {row} cannot be read as CSV ({exc}); look for a quote (") that is never closed.',
+                f'Row {row} cannot be read as CSV ({exc}). Look for a quote (") that is never closed or is '
+                'followed by more text in the same cell; a quote inside a cell is written twice ("").',
                 row=row,
             ) from None
 
@@ -364,84 +376,3 @@ def _sniff_delimiter(text: str) -> str | None:
         elif char in "\r\n":
             break
     return max(tight, key=lambda d: (tight[d], spaced[d]))  # max() keeps the first of equals: ","
-
-
-class _XlsxTable:
-    """First worksheet of an XLSX workbook via openpyxl's streaming read-only mode."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        import openpyxl  # imported here: only XLSX uploads pay for it
-
-        self._source = source
-        try:
-            self._book = openpyxl.load_workbook(source, read_only=True, data_only=True)
-        except Exception as exc:  # untrusted zip/XML: any parser error means a broken file
-            logger.info("unreadable xlsx upload: %s", exc)
-            self.close_source()
-            raise TableError("bad_xlsx", "The file is not a readable Excel workbook (.xlsx).") from None
-        self._number = 0
-        try:
-            if not self._book.worksheets:
-                raise TableError("empty_file", "The workbook has no worksheet.")
-            sheet = self._book.worksheets[0]
-            # The stored dimension is sometimes wrong (written by other tools); without it the
-            # sheet is read until its real end.
-            sheet.reset_dimensions()
-            self._cells = sheet.iter_rows(values_only=True)
-            self.header, self._data = _header_and_rows(self._rows())
-        except BaseException:
-            self.close()
-            raise
-
-    def _rows(self) -> Iterator[_Numbered]:
-        try:
-            for values in self._cells:
-                self._number += 1
-                yield self._number, [_cell_text(value) for value in values]
-        except Exception as exc:
-            logger.info("xlsx upload broken at row %s: %s", self._number + 1, exc)
-            row = self._number + 1
-            raise TableError("bad_xlsx", f"The workbook is damaged at row {row}.", row=row) from None
-
-    def __iter__(self) -> Iterator[Row]:
-        width = len(self.header)
-        try:
-            for number, cells in self._data:
-                row = _make_row(number, cells, width)
-                if row is not None:
-                    yield row
-        finally:
-            self.close()
-
-    def close_source(self) -> None:
-        if isinstance(self._source, tempfile.SpooledTemporaryFile):
-            self._source.close()
-
-    def close(self) -> None:
-        book = getattr(self, "_book", None)
-        if book is not None:
-            book.close()
-        self.close_source()
-
-
-def _cell_text(value: object) -> str:
-    """An XLSX cell as the text a user expects: 912345678 not 912345678.0, dates in ISO 8601."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return _clean(value)
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e16:
-            return str(int(value))
-        return repr(value)
-    if isinstance(value, dt.datetime):
-        if value.time() == dt.time(0) and value.tzinfo is None:
-            return value.date().isoformat()
-        return value.isoformat()
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    return _clean(str(value))

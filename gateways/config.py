@@ -18,6 +18,10 @@ from gateways.smpp.errors import ErrorClass, parse_overrides
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
+# Replies that put the sender on the suppression list (matched ignoring case and Vietnamese
+# diacritics, alone or followed by more words); a gateway may list its own (`opt_out_keywords`).
+DEFAULT_OPT_OUT = ("TU CHOI", "TUCHOI", "HUY", "STOP", "UNSUBSCRIBE")
+
 # The built-in simulators' addresses when no gateways file is given (`loa run`, `loa demo`).
 SIM_HOST = "127.0.0.1"
 SIM_SMPP_PORT = 2775
@@ -48,6 +52,12 @@ class _WithPassword(_Strict):
             return os.environ.get(self.password_env, "")
         return ""
 
+    @model_validator(mode="after")
+    def _password_env_set(self) -> _WithPassword:
+        if self.password is None and self.password_env and self.password_env not in os.environ:
+            raise ValueError(f"password_env names {self.password_env!r}, which is not set in the environment")
+        return self
+
 
 class SmppGateway(_WithPassword):
     name: str = Field(pattern=NAME_PATTERN)
@@ -67,11 +77,14 @@ class SmppGateway(_WithPassword):
     source_addr: str | None = Field(None, max_length=20)
     receipt_id_base: Literal["hex", "decimal", "auto"] = "auto"
     errors: dict[str, Literal["transient", "permanent"]] = Field(default_factory=dict)
+    opt_out_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT))
 
     @model_validator(mode="after")
     def _password_given(self) -> SmppGateway:
         if self.password is None and not self.password_env:
             raise ValueError("password (or password_env) is required")
+        if self.fallback == self.name:
+            raise ValueError("fallback names the gateway itself")
         return self
 
     @field_validator("errors")
@@ -96,6 +109,9 @@ class SmtpRelay(_WithPassword):
     dkim: Dkim | None = None
     local_hostname: str | None = None
     validate_certs: bool = True
+    ca_file: Path | None = None  # CA bundle to trust for the relay's certificate (private relays)
+    # First retry after a 4xx (greylisting wants minutes), doubled per attempt up to an hour.
+    retry_after_s: float = Field(300.0, gt=0, le=86400)
     default: bool = True
 
     @model_validator(mode="after")

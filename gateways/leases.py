@@ -2,8 +2,8 @@
 workers run on however many hosts, at most N sessions may be open at once.
 
 Each slot is one key, `{prefix}{resource}:{slot}`, holding its owner's id with a TTL. Taking a
-slot is SET NX PX; renewing and releasing compare the owner inside a Lua script first, so a
-process never extends or deletes a lease that expired and went to someone else.
+slot (set if absent, with PX) and renewing or releasing one (only if the owner matches) are Lua
+scripts, so a process never extends or deletes a lease that expired and went to someone else.
 
 `LeaseManager` is the plain operations. `LeaseKeeper` is the background thread a worker runs
 per gateway: it holds up to `want` slots, renews them every ttl/3, reports every change of the
@@ -13,9 +13,11 @@ Safety when Redis misbehaves. A lease is proven until (time the last successful 
 + ttl - margin, margin = ttl/5: Redis set the expiry after we sent, so until then nobody else
 can hold the slot, and the margin is the owner's time to close the session. Redis calls run on
 a helper thread, so a hung Redis (no socket timeout, a partition) cannot keep the keeper from
-dropping a lease it can no longer prove. A wiped Redis (restart, FLUSHDB) loses every lease at
-once: the next renew fails and the slot is re-acquired; until that renew (at most ttl/3) another
-process may bind the same slot, a window inherent to any lease store that can forget.
+dropping a lease it can no longer prove. A wiped Redis (restart, FLUSHDB) forgets every lease at
+once: until our next renew (at most ttl/3 later) another process may take and bind a slot we
+still use, a window inherent to a lease store that can forget. That renew fails; the keeper
+takes the slot back in the same pass if it is still free (the session may stay: nobody else
+holds it) and otherwise reports it lost.
 """
 
 from __future__ import annotations
@@ -171,12 +173,37 @@ class LeaseKeeper:
         self._round: _Round | None = None
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._given_up: dict[int, float] = {}  # slot -> monotonic time it was given up
 
     @property
     def held(self) -> set[int]:
         """The slots this keeper can currently prove it holds."""
         with self._lock:
             return set(self._held)
+
+    @property
+    def want(self) -> int:
+        return self._want
+
+    @want.setter
+    def want(self, value: int) -> None:
+        """How many slots to hold from the next round on (a fair share among several workers);
+        slots already held above it stay until `give_up`."""
+        if not 1 <= value <= self._slots:
+            raise ValueError(f"need 1 <= want <= slots, got want={value} slots={self._slots}")
+        self._want = value
+
+    def give_up(self, slot: int) -> None:
+        """Stop holding `slot` and release it at once (its owner closed the session on it first),
+        so another worker can take it. Does not call `on_change`."""
+        with self._lock:
+            self._held.pop(slot, None)
+            self._reported.discard(slot)
+            self._given_up[slot] = time.monotonic()
+        try:
+            self._manager.release(self._resource, slot)
+        except redis.RedisError as exc:
+            log.warning("lease %s:%d not released (%s); it expires on its own", self._resource, slot, exc)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -185,11 +212,12 @@ class LeaseKeeper:
         self._thread.start()
 
     def stop(self, release: bool = True) -> None:
-        """Stop keeping; with `release`, give the held slots back now instead of at expiry."""
+        """Stop keeping; with `release`, give the held slots back now instead of at expiry.
+        Waits at most min(ttl, 5 s) for Redis; calling it again, or before `start`, is harmless."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()  # (from inside on_change the loop ends once on_change returns)
         with self._lock:
             slots = set(self._held)
             self._held.clear()
@@ -200,19 +228,20 @@ class LeaseKeeper:
             slots |= {slot for slot, _, ours in pending.renewed if ours}
             slots |= {slot for slot, _ in pending.acquired}
         if release and slots:
-            done = _Round(held=sorted(slots))
-            threading.Thread(target=self._release_all, args=(done,), daemon=True).start()
-            if not done.done.wait(bound):
+            # On a helper thread too, so a hung Redis cannot hang the owner's shutdown.
+            done = threading.Event()
+            threading.Thread(target=self._release_all, args=(sorted(slots), done), daemon=True).start()
+            if not done.wait(bound):
                 log.warning("releasing leases %s:%s timed out; they expire on their own", self._resource, slots)
 
-    def _release_all(self, work: _Round) -> None:
+    def _release_all(self, slots: list[int], done: threading.Event) -> None:
         try:
-            for slot in work.held:
+            for slot in slots:
                 self._manager.release(self._resource, slot)
         except redis.RedisError as exc:
             log.warning("could not release leases on %s: %s; they expire on their own", self._resource, exc)
         finally:
-            work.done.set()
+            done.set()
 
     def _run(self) -> None:
         next_round = time.monotonic()
@@ -277,13 +306,19 @@ class LeaseKeeper:
             log.info("lease round on %s succeeded again", self._resource)
             self._failing = False
         with self._lock:
+            # A round that started before a give_up may have renewed that slot: it stays given up.
+            stale = {slot for slot, at in self._given_up.items() if work.started <= at}
+            self._given_up = {slot: at for slot, at in self._given_up.items() if slot in stale}
             for slot, sent, ours in work.renewed:
+                if slot in stale:
+                    continue
                 if ours:
                     self._held[slot] = sent + self._lifetime
                 elif self._held.pop(slot, None) is not None:
                     log.warning("lease %s:%d was lost (expired, taken or Redis wiped)", self._resource, slot)
             for slot, sent in work.acquired:
-                self._held[slot] = sent + self._lifetime
+                if slot not in stale:
+                    self._held[slot] = sent + self._lifetime
 
     def _drop_unproven(self) -> None:
         now = time.monotonic()

@@ -6,26 +6,32 @@ limiters are per-process, or fixed/sliding windows that let 2x through at a wind
 over a single key without a cost, an atomic multi-key check or a dynamic rate factor.
 
 The algorithm (GCRA, virtual scheduling). Per key Redis keeps a theoretical arrival time TAT. With
-emission interval T = 1 / (rate x factor) and tolerance tau = (burst - 1) x T, a request fits at
-slot s = max(now, TAT - tau) over all its keys; granting it moves each TAT to max(TAT, s) + cost x T.
+emission interval T = 1 / (rate x factor) and tolerance tau = (burst - 1) x T + catch_up, a request
+fits at slot s = max(now, TAT - tau) over all its keys; granting it moves each TAT to
+max(TAT, s) + cost x T.
 `now` is the Redis server's TIME, read inside the script, so every host agrees on it.
 `reserve` grants only when s = now. `acquire` also books a slot up to `lookahead_s` ahead and
 sleeps until it: a waiter that wakes late then still gets the slot it was woken for, where a
-check-only limiter would lose the lateness (measured: 20 % of 200 TPS with 4 processes on 2 cores).
-A refused request records nothing and learns the wait until its slot.
+check-only limiter loses the lateness (we measured 12-19 % of 200 TPS, 4 processes on 2 cores).
+`catch_up_s` (10 ms) lets a sender that stalled briefly (GC, a busy CPU) take the slots it missed
+right after, instead of losing them: on a loaded 2-core host it kept 97 % of the rate where
+catch_up = 0 kept 94-96 %. A refused request records nothing and learns the wait until its slot.
 
-The bound. Slots are granted in increasing order. Let n cost-1 slots s_1 < ... < s_n fall in any
-window of length W. Each grant pushes TAT at least T past the previous slot, so TAT before grant n
-is >= s_1 + (n - 1) x T, and s_n >= TAT - tau. As s_n - s_1 < W:
+The bound. Slots are granted in nondecreasing order (now and TAT only grow). Let n cost-1 slots
+s_1 <= ... <= s_n fall in any window of length W. Each grant pushes TAT at least T past the
+previous slot, so TAT before grant n is >= s_1 + (n - 1) x T, and s_n >= TAT - tau. As
+s_n - s_1 < W:
     n <= floor(rate x (W + tau)) + 1
-With burst = 1 (tau = 0) that is floor(rate) + 1 per 1-s window, calendar seconds included. With
-costs, the units in a window are < rate x (W + tau) + (cost of the last grant): pace SMPP submits
-with cost=1 each. The factor only lowers the rate, so the bound computed with factor 1 holds.
+With burst = 1 and no catch-up (tau = 0) that is floor(rate) + 1 per 1-s window, calendar seconds
+included; the default catch-up makes it floor(rate x 1.01) + 1. With costs, the units in a window
+are < rate x (W + tau) + (cost of the last grant): pace SMPP submits with cost=1 each. The factor
+only lowers the rate, so the bound computed with factor 1 holds.
 
 `safe_rate(tps)` picks the rate to configure; see its docstring for the per-second arithmetic.
-A wiped Redis (restart, FLUSHDB) forgets TATs and factors: at most one early grant per key plus
-the slots already booked (< lookahead_s of traffic); scripts reload themselves (redis-py
-`Script`). When Redis is unreachable every call raises `redis.RedisError`: it never fails open.
+A wiped Redis (restart, FLUSHDB) forgets TATs and factors: each key then allows what a fresh key
+does (one grant plus tau's worth) on top of the slots already booked (< lookahead_s of traffic);
+scripts reload themselves (redis-py `Script`). When Redis is unreachable every call raises
+`redis.RedisError`: the limiter never fails open.
 """
 
 from __future__ import annotations
@@ -39,27 +45,35 @@ from typing import Any
 
 import redis
 
+from loa import metrics
+
 log = logging.getLogger(__name__)
 
-# Share of the carrier's TPS we configure: 3 % of a second (~30 ms) of timing noise between the
-# limiter's slot and the carrier's counter can pass before a calendar second sees one too many.
+# Share of the carrier's TPS we configure: 3 % of a second, less the catch-up tolerance (~20 ms),
+# of timing noise between the limiter's slot and the carrier's counter can pass before a calendar
+# second sees one too many.
 SAFETY_MARGIN = 0.97
 DEFAULT_LOOKAHEAD_S = 0.005
+DEFAULT_CATCH_UP_S = 0.010
+# Keeps SAFETY_MARGIN x (1 + catch_up) < 1, which safe_rate's bound needs, with ~10 ms to spare.
+MAX_CATCH_UP_S = 0.020
 
-# KEYS: one hash per limited key. ARGV: cost, horizon_us (-1: any), then (rate, burst) per key.
+# KEYS: one hash per limited key. ARGV: cost, horizon_us (-1: any), catch_up_us, then (rate, burst)
+# per key.
 # Returns {granted 0|1, wait_us}. Nothing is written unless every key grants the same slot.
 _GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cost = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[2])
+local catch_up = tonumber(ARGV[3])
 local tats, intervals = {}, {}
 local slot = now
 for i = 1, #KEYS do
   local state = redis.call('HMGET', KEYS[i], 'tat', 'f')
   local tat = tonumber(state[1]) or now
-  local interval = 1000000 / (tonumber(ARGV[1 + 2 * i]) * (tonumber(state[2]) or 1))
-  local earliest = tat - (tonumber(ARGV[2 + 2 * i]) - 1) * interval
+  local interval = 1000000 / (tonumber(ARGV[2 + 2 * i]) * (tonumber(state[2]) or 1))
+  local earliest = tat - (tonumber(ARGV[3 + 2 * i]) - 1) * interval - catch_up
   if earliest > slot then slot = earliest end
   tats[i] = tat
   intervals[i] = interval
@@ -127,11 +141,12 @@ def safe_rate(tps: float) -> float:
     """The rate to give the limiter so that a carrier counting per calendar second sees <= `tps`.
 
     A per-second counter only sees whole numbers, so the real cap is N = floor(tps). By the bound
-    in the module docstring (burst = 1) a 1-s window gets at most floor(rate) + 1 slots, which is
-    <= N exactly when rate < N. We return 0.97 x N: the bound holds for every N >= 1, and N + 1
-    slots span at least N / rate = 1.03 s, so ~30 ms of noise between slot and carrier is absorbed.
+    in the module docstring (burst = 1) a 1-s window gets at most floor(rate x (1 + catch_up)) + 1
+    slots, which is <= N exactly when rate x (1 + catch_up) < N. We return 0.97 x N: the bound
+    holds for every N >= 1 and catch_up <= 20 ms, and N + 1 slots span at least N / rate - catch_up
+    = 1.021 s (default catch-up), so ~20 ms of noise between slot and carrier is absorbed.
 
-    Small tps: the bound needs nothing special (tps = 5 gives 4.85: floor(4.85) + 1 = 5), but
+    Small tps: the bound needs nothing special (tps = 5 gives 4.85: floor(4.9) + 1 = 5), but
     counts are integers: a steady 10-s window holds floor or ceil of 9.7 x N slots, which is
     >= 95 % of 10 x N for N >= 2 and may be 9 of 10 (90 %) for N = 1; no rate below 1/s can
     promise 10 grants in every 10 s, so that loss is inherent. A fractional tps such as 5.5 is
@@ -154,8 +169,10 @@ class RateLimiter:
     """GCRA limits shared through Redis; see the module docstring for the algorithm and its bound.
 
     Thread-safe as far as the Redis client is (redis-py's pooled client is). `lookahead_s` is how
-    far ahead `acquire` books a slot: it absorbs that much wake-up lateness, and costs at most that
-    much idle time on a shared key that was not the binding one of an `acquire_many`.
+    far ahead `acquire` books a slot: it absorbs that much wake-up lateness. Its price: when an
+    `acquire_many` waits for one key (say a campaign cap), another key of it that others also use
+    (the gateway) may sit idle up to that long per grant. `catch_up_s` is the time tolerance
+    described in the module docstring (0 for the strict floor(rate) + 1 bound).
     `factor_ttl_s` is how long a lowered factor is remembered without new penalties or
     recoveries; `penalty_hold_s` makes a burst of throttle answers (every submit in flight gets
     one) count as one penalty; `recover_interval_s` spaces recovery steps per key.
@@ -167,17 +184,21 @@ class RateLimiter:
         prefix: str = "loa:rl:",
         *,
         lookahead_s: float = DEFAULT_LOOKAHEAD_S,
+        catch_up_s: float = DEFAULT_CATCH_UP_S,
         factor_ttl_s: float = 600.0,
         penalty_hold_s: float = 1.0,
         recover_interval_s: float = 1.0,
     ) -> None:
         if not 0 <= lookahead_s <= 1:
             raise ValueError(f"lookahead_s must be within [0, 1], got {lookahead_s!r}")
+        if not 0 <= catch_up_s <= MAX_CATCH_UP_S:
+            raise ValueError(f"catch_up_s must be within [0, {MAX_CATCH_UP_S}], got {catch_up_s!r}")
         if factor_ttl_s <= 0 or penalty_hold_s < 0 or recover_interval_s < 0:
             raise ValueError("factor_ttl_s must be positive; penalty_hold_s, recover_interval_s >= 0")
         self._redis = redis
         self._prefix = prefix
         self._lookahead_s = lookahead_s
+        self._catch_up_us = round(catch_up_s * 1_000_000)
         self._factor_ttl_ms = max(1, round(factor_ttl_s * 1000))
         self._penalty_hold_us = round(penalty_hold_s * 1_000_000)
         self._recover_interval_s = recover_interval_s
@@ -197,6 +218,8 @@ class RateLimiter:
     def reserve_many(self, keys_rates: Sequence[tuple[str, float]], cost: int = 1) -> float:
         """`reserve` over several keys at once: all are recorded, or none and the longest wait."""
         granted, wait = self._attempt(keys_rates, cost, 1, 0.0)
+        if not granted:
+            metrics.observe_wait(keys_rates[0][0], wait)  # the caller sleeps (part of) it
         return 0.0 if granted else wait
 
     def acquire(
@@ -214,7 +237,7 @@ class RateLimiter:
         Returns False as soon as the wait is known to exceed `max_wait` (nothing recorded), or
         when `stop` is set (a slot already booked is then given up unused).
         """
-        return self._acquire([(key, rate)], cost, burst, max_wait, stop)
+        return metrics.timed_wait(key, lambda: self._acquire([(key, rate)], cost, burst, max_wait, stop))
 
     def acquire_many(
         self,
@@ -229,7 +252,9 @@ class RateLimiter:
 
         False as in `acquire`; without `max_wait` or `stop` it only returns True.
         """
-        return self._acquire(keys_rates, cost, 1, max_wait, stop)
+        if not keys_rates:
+            raise ValueError("need at least one key")
+        return metrics.timed_wait(keys_rates[0][0], lambda: self._acquire(keys_rates, cost, 1, max_wait, stop))
 
     def penalise(self, key: str, factor: float = 0.5, floor: float = 0.1) -> float:
         """The carrier throttled us (SMPP 0x58): multiply the key's rate factor by `factor`, not
@@ -281,7 +306,7 @@ class RateLimiter:
         if len(set(keys)) != len(keys):
             raise ValueError("a key appears twice; its second reading would overwrite the first")
         horizon_us = -1 if horizon_s is None else math.floor(horizon_s * 1_000_000)
-        args: list[float | int] = [cost, horizon_us]
+        args: list[float | int] = [cost, horizon_us, self._catch_up_us]
         for _, rate in keys_rates:
             _check_rate(rate)
             args += [rate, burst]

@@ -10,10 +10,13 @@ import socket
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
+from loa.cli_ops import campaign_app
+from loa.metrics import enable_multiprocess
 from loa.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Loa: bulk SMS and email campaigns.", no_args_is_help=True, add_completion=False)
@@ -25,6 +28,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(gateways_app, name="gateways")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(campaign_app, name="campaign")  # loa/cli_ops.py: operators, over the HTTP API
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,6 +117,7 @@ def api(host: str | None = None, port: int | None = None) -> None:
 
     settings = settings_with_redis()
     setup_logging("WARNING")
+    enable_multiprocess(settings)  # /metrics sums this process and the workers (loa/metrics.py)
     if settings.bootstrap_admin_key is not None:
         with transaction(make_engine(settings.effective_database_url)) as session:
             ensure_key(session, settings.bootstrap_admin_key.get_secret_value())
@@ -140,6 +145,7 @@ def worker(
     from workers.runtime import gateways_for
 
     settings = settings_with_redis()
+    enable_multiprocess(settings)
     try:
         roles = parse_roles(queues)
     except ValueError as exc:
@@ -241,6 +247,7 @@ def keys_create(
 def keys_list() -> None:
     from rich.console import Console
     from rich.table import Table
+    from sqlalchemy import select
 
     from accounts.models import Organisation
     from accounts.service import list_keys
@@ -248,7 +255,7 @@ def keys_list() -> None:
 
     settings = load_settings()
     with transaction(make_engine(settings.effective_database_url)) as session:
-        orgs = {o.id: o.name for o in session.query(Organisation)}
+        orgs = {o.id: o.name for o in session.scalars(select(Organisation))}
         table = Table("organisation", "role", "name", "prefix", "created", "revoked")
         table.add_column("id", no_wrap=True, min_width=20)
         for k in list_keys(session):
@@ -307,12 +314,16 @@ def simulate_smsc(port: int = 2775, host: str = "127.0.0.1", receipt_delay: floa
 
 
 @simulate_app.command("smtp")
-def simulate_smtp(port: int = 2525, host: str = "127.0.0.1") -> None:
+def simulate_smtp(
+    port: int = 2525,
+    host: str = "127.0.0.1",
+    stats_file: Path | None = typer.Option(None, help="write the received/connection counts here (JSON)"),
+) -> None:
     """The built-in SMTP sink (aiosmtpd): accepts and counts every message."""
     from gateways.smtp.sink import SinkConfig, serve
 
     setup_logging("INFO")
-    serve(SinkConfig(host=host, port=port, store=False))
+    serve(SinkConfig(host=host, port=port, store=False), stats_file=stats_file)
 
 
 @app.command()

@@ -3,11 +3,16 @@
 AES-256-GCM from `cryptography`; the key is derived from `LOA_SECRET_KEY` with HKDF-SHA256 and
 identified by a short key id stored with each token, so data written under an older key
 (`LOA_OLD_SECRET_KEYS`) can still be read after rotation.
+
+A token is ``<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`` with a random 96-bit nonce per
+token. The associated data (see :func:`campaigns.recipients.secret_aad`) binds a token to its
+organisation and recipient, so a token copied onto another row does not decrypt.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
@@ -56,10 +61,13 @@ class SecretBox:
         aead = self._keys.get(kid)
         if aead is None:
             raise SecretDecryptError(f"no key with id {kid} (set LOA_OLD_SECRET_KEYS)")
-        raw = base64.urlsafe_b64decode(body)
         try:
+            raw = base64.urlsafe_b64decode(body)
+            if len(raw) <= _NONCE:
+                raise SecretDecryptError("secret token is truncated")
             return aead.decrypt(raw[:_NONCE], raw[_NONCE:], aad.encode()).decode()
-        except InvalidTag:
+        except (InvalidTag, binascii.Error, ValueError):
+            # Never the token or the plaintext in the message: it may end up in an error column.
             raise SecretDecryptError("secret token does not match its key or record") from None
 
     def encrypt_fields(self, fields: Mapping[str, str], aad: str) -> str:
@@ -67,5 +75,6 @@ class SecretBox:
 
     def decrypt_fields(self, token: str, aad: str) -> dict[str, str]:
         value = json.loads(self.decrypt(token, aad))
-        assert isinstance(value, dict)
+        if not isinstance(value, dict):
+            raise SecretDecryptError("secret token does not hold fields")
         return {str(k): str(v) for k, v in value.items()}

@@ -10,6 +10,7 @@ import random
 import secrets
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -147,7 +148,7 @@ def run_demo(settings: Settings, *, sms_count: int, email_count: int, timeout: f
         )
         ids = _create_campaigns(client, console, rng, sms_count, email_count)
         finished = _watch(client, console, ids, timeout)
-        ok = _report(client, console, ids)
+        ok = _report(client, console, ids, stack.smtp_stats_file)
         if not finished:
             console.print(f"[red]Campaigns did not finish within {timeout:.0f}s; logs in {stack.state_dir / 'logs'}")
             return 1
@@ -234,7 +235,7 @@ def _watch(client: httpx.Client, console: Console, ids: dict[str, str], timeout:
     return False
 
 
-def _report(client: httpx.Client, console: Console, ids: dict[str, str]) -> bool:
+def _report(client: httpx.Client, console: Console, ids: dict[str, str], sink_stats: Path | None) -> bool:
     ok = True
     for label, cid in ids.items():
         c = _check(client.get(f"/v1/campaigns/{cid}"))
@@ -260,10 +261,32 @@ def _report(client: httpx.Client, console: Console, ids: dict[str, str]) -> bool
             ok &= counts["delivered"] == counts["total"]
         else:
             ok &= counts["sent"] == counts["total"]
+            if sink_stats is not None:
+                ok &= _check_sink(console, sink_stats, counts["sent"])
     print(
         "demo: all SMS delivered and all emails sent" if ok else "demo: some messages did not arrive", file=sys.stderr
     )
     return ok
+
+
+def _check_sink(console: Console, stats_file: Path, sent: int) -> bool:
+    """The built-in sink's own count must equal the campaign's `sent`: nothing lost, nothing twice."""
+    from gateways.smtp.sink import read_stats
+
+    deadline = time.monotonic() + 3.0  # the sink writes its counts twice a second
+    while True:
+        stats = read_stats(stats_file) or {}
+        received = stats.get("received", 0)
+        if received == sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    match = received == sent
+    colour = "green" if match else "red"
+    console.print(
+        f"[{colour}]SMTP sink received {received} emails on {stats.get('connections', 0)} connections; "
+        f"the campaign counts {sent} sent: {'they match' if match else 'MISMATCH'}[/]"
+    )
+    return match
 
 
 def _gateways_by_carrier(client: httpx.Client, cid: str) -> dict[str, str]:

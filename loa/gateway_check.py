@@ -16,7 +16,7 @@ def check_all(settings: Settings) -> int:
     from workers.send_email import relay_config
     from workers.smpp_runtime import bind_config
 
-    console = Console(stderr=False)
+    console = Console(stderr=False, soft_wrap=True)  # one line per gateway, whatever the width
     gateways = gateways_for(settings)
     console.print(f"gateways from {gateways.source}")
     failures = 0

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -81,6 +82,7 @@ class Stack:
         self.admin_key: str | None = None
         self.smsc_port: int | None = None
         self.smtp_port: int | None = None
+        self.smtp_stats_file: Path | None = None  # the built-in sink's counts (JSON), when it runs
 
     # --- start ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -118,7 +120,11 @@ class Stack:
         self.smsc_port = free_port(SIM_SMPP_PORT)
         self.smtp_port = free_port(SIM_SMTP_PORT)
         self._spawn("smsc", ["simulate", "smsc", "--port", str(self.smsc_port)])
-        self._spawn("smtp-sink", ["simulate", "smtp", "--port", str(self.smtp_port)])
+        self.smtp_stats_file = self.state_dir / "smtp-sink.json"
+        self.smtp_stats_file.unlink(missing_ok=True)  # counts of an earlier run must not be read
+        self._spawn(
+            "smtp-sink", ["simulate", "smtp", "--port", str(self.smtp_port), "--stats-file", str(self.smtp_stats_file)]
+        )
         for port in (self.smsc_port, self.smtp_port):
             if not wait_port(port):
                 raise RuntimeError(f"built-in simulator did not open port {port}")

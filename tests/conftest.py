@@ -52,6 +52,13 @@ def engine(database_url: str) -> Iterator[Engine]:
         unavailable(f"database {database_url.split('@')[-1]} ({type(exc).__name__})")
     if eng.dialect.name == "postgresql":
         with eng.begin() as conn:
+            # Leftovers of an interrupted run (worker processes) would deadlock the schema reset.
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
             conn.execute(text("DROP SCHEMA public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
     upgrade(eng)  # the migrations are what builds the test schema

@@ -97,4 +97,4 @@ def test_sms_and_email_reach_their_final_status(
     messages = client.get(f"/v1/campaigns/{sms['id']}/messages").json()["items"]
     assert all(m["provider_message_id"] for m in messages)
     one = client.get(f"/v1/messages/{messages[0]['id']}").json()
-    assert [e["kind"] for e in one["events"]][:2] == ["submitted", "receipt"]
+    assert [e["kind"] for e in one["events"]][:4] == ["queued", "dispatched", "submitted", "receipt"]

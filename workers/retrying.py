@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
-from tenacity import Retrying, before_sleep_log, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential, wait_random
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,13 +22,24 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def _log_retry(state: RetryCallState) -> None:
+    """One line per retry. Only the driver's message: SQLAlchemy's own text would carry the
+    statement's parameters, which may be personal data."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("database unavailable (%s); retry %d in %.1f s", first_line, state.attempt_number, delay)
+
+
 def with_db_retry(fn: Callable[[], T], *, seconds: float = DB_RETRY_SECONDS) -> T:
     """Run `fn` (which opens its own transaction) again after transient database errors."""
     for attempt in Retrying(
         retry=retry_if_exception(_is_transient),
-        wait=wait_exponential_jitter(initial=0.5, max=10.0),
+        # Spelled as a sum: wait_exponential_jitter's `initial` is deprecated in tenacity 9, absent in 8.
+        wait=wait_exponential(multiplier=0.5, max=10.0) + wait_random(0, 1),
         stop=stop_after_delay(seconds),
-        before_sleep=before_sleep_log(log, logging.WARNING),
+        before_sleep=_log_retry,
         reraise=True,
     ):
         with attempt:

@@ -5,6 +5,7 @@ Arguments are ids and claim tokens only (they sit in Redis); no text, no secrets
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -17,6 +18,7 @@ from campaigns.models import Channel
 from campaigns.receipts import apply_inbox
 from campaigns.scheduling import purge_retention
 from campaigns.scheduling import tick as scheduler_tick
+from gateways.health import down_gateways
 from loa.db import transaction
 from workers.celery_app import app
 from workers.queues import DISPATCH_QUEUE, RECEIPTS_QUEUE, email_queue, sms_queue
@@ -24,12 +26,21 @@ from workers.retrying import with_db_retry
 from workers.runtime import Runtime, get_runtime
 from workers.send_email import email_runtime, send_email_batch
 from workers.send_sms import send_sms_batch
-from workers.smpp_runtime import DOWN_KEY, sms_runtime
+from workers.smpp_runtime import sms_runtime
+from workers.sms_journal import recover_journals
 
 log = logging.getLogger(__name__)
 
 # Debounce keys: many batches finishing at once ask for one dispatch pass, not hundreds.
 KICK_TTL_MS = 200
+AGAIN_KEY = "loa:dispatch:again"
+# Lock timeouts outlive a normal pass or tick by far, and a dead holder blocks for no longer.
+DISPATCH_LOCK_S = 30
+TICK_LOCK_S = 30
+MAX_PASSES = 20
+RECEIPTS_AGAIN_KEY = "loa:receipts:again"
+RECEIPTS_LOCK_S = 60
+RECEIPTS_BUDGET_S = 10.0
 
 
 def kick(rt: Runtime, task: str, queue: str) -> None:
@@ -60,7 +71,8 @@ def enqueue(batches: list[Batch]) -> None:
 
 def run_dispatch(rt: Runtime) -> int:
     """One dispatch pass, committed before its send tasks are enqueued (so they see the rows)."""
-    router = Router(rt.gateways, is_down=lambda name: bool(rt.redis.exists(DOWN_KEY.format(name))))
+    down = down_gateways(rt.redis, rt.gateways)  # failover marks (gateways/health.py)
+    router = Router(rt.gateways, is_down=lambda name: name in down)
 
     def claim() -> list[Batch]:
         with transaction(rt.engine) as session:
@@ -82,33 +94,63 @@ def exclusive(rt: Runtime, name: str, timeout: int) -> Iterator[bool]:
         yield got
     finally:
         if got:
-            with suppress(redis.exceptions.LockError):
+            with suppress(redis.exceptions.LockError, redis.RedisError):
                 lock.release()
+
+
+def dispatch_while_asked(rt: Runtime) -> int:
+    """Dispatch passes under the dispatch lock, again as long as someone asked meanwhile.
+
+    A kick that finds the lock taken leaves a note instead of being lost: batches that finished
+    during a pass free room in their gateway's queue, and the next pass fills it at once rather
+    than at the next tick."""
+    total = 0
+    try:
+        with exclusive(rt, "dispatch", DISPATCH_LOCK_S) as got:
+            if not got:
+                rt.redis.set(AGAIN_KEY, "1", px=DISPATCH_LOCK_S * 1000)
+                return 0
+            for _ in range(MAX_PASSES):
+                rt.redis.delete(AGAIN_KEY)
+                n = run_dispatch(rt)
+                total += n
+                if not n or not rt.redis.exists(AGAIN_KEY):
+                    break
+    except redis.RedisError as exc:
+        # No Redis, no broker either: nothing could be enqueued. The next tick tries again.
+        log.warning("dispatch skipped: redis unavailable (%s)", exc)
+    return total
 
 
 @app.task(name="loa.tick", ignore_result=True)
 def tick() -> dict[str, Any]:
     rt = get_runtime()
-    with exclusive(rt, "tick", 30) as got:
+    with exclusive(rt, "tick", TICK_LOCK_S) as got:
         if not got:
             return {"skipped": True}
         timeout = timedelta(hours=rt.settings.receipt_timeout_hours)
+        # Send journals of dead SMS workers, before the sweep. A journal is looked at once it has
+        # been idle for a third of a lease: by the time that lease runs out (a dead worker renewed
+        # it at most a third of a lease before it died), its journal is always older than that.
+        idle_s = min(10.0, rt.settings.lease_seconds / 3)
+        with suppress(redis.RedisError):
+            with_db_retry(
+                lambda: recover_journals(rt.redis, rt.engine, max_attempts=rt.settings.max_attempts, idle_s=idle_s)
+            )
 
-        def step() -> dict[str, int]:
+        def step() -> dict[str, Any]:
             with transaction(rt.engine) as session:
-                return scheduler_tick(session, timeout)
+                return scheduler_tick(session, timeout, max_attempts=rt.settings.max_attempts)
 
         result: dict[str, Any] = dict(with_db_retry(step))
-        result["dispatched"] = run_dispatch(rt)
-        kick_receipts(rt)
-        return result
+    result["dispatched"] = dispatch_while_asked(rt)
+    kick_receipts(rt)
+    return result
 
 
 @app.task(name="loa.dispatch", ignore_result=True)
 def dispatch() -> int:
-    rt = get_runtime()
-    with exclusive(rt, "dispatch", 60) as got:
-        return run_dispatch(rt) if got else 0
+    return dispatch_while_asked(get_runtime())
 
 
 @app.task(name="loa.send_sms", ignore_result=True)
@@ -141,22 +183,48 @@ def send_email(relay: str, campaign_id: str, claim: str, ids: list[int]) -> dict
 
 @app.task(name="loa.apply_receipts", ignore_result=True)
 def apply_receipts() -> int:
+    """Apply the receipt inbox, one worker at a time, for a bounded time per task.
+
+    One at a time because parallel passes only fight over the same rows; bounded so a big inbox
+    never holds a worker thread (and the ticks and dispatches queued behind it) for long: past the
+    budget the task hands over to a fresh one at the back of the queue."""
     rt = get_runtime()
     total = 0
-    while True:
+    more = False
 
-        def step() -> tuple[int, int]:
-            with transaction(rt.engine) as session:
-                return apply_inbox(session, rt.gateways)
+    def step() -> tuple[int, int]:
+        with transaction(rt.engine) as session:
+            return apply_inbox(session, rt.gateways)
 
-        applied, _parked = with_db_retry(step)
-        total += applied
-        if applied == 0:
-            return total
+    try:
+        with exclusive(rt, "receipts", RECEIPTS_LOCK_S) as got:
+            if not got:
+                rt.redis.set(RECEIPTS_AGAIN_KEY, "1", px=RECEIPTS_LOCK_S * 1000)
+                return 0
+            started = time.monotonic()
+            while True:
+                rt.redis.delete(RECEIPTS_AGAIN_KEY)
+                applied, _parked = with_db_retry(step)
+                total += applied
+                if not applied and not rt.redis.exists(RECEIPTS_AGAIN_KEY):
+                    break
+                if time.monotonic() - started > RECEIPTS_BUDGET_S:
+                    more = True
+                    break
+    except redis.RedisError as exc:
+        log.warning("receipts not applied: redis unavailable (%s); the next tick asks again", exc)
+    if more:
+        with suppress(Exception):  # not debounced: this hand-over must not be swallowed by a recent kick
+            app.send_task("loa.apply_receipts", queue=RECEIPTS_QUEUE)
+    return total
 
 
 @app.task(name="loa.purge", ignore_result=True)
 def purge() -> int:
     rt = get_runtime()
-    with transaction(rt.engine) as session:
-        return purge_retention(session, rt.settings.retention_days)
+
+    def step() -> int:
+        with transaction(rt.engine) as session:
+            return purge_retention(session, rt.settings.retention_days)
+
+    return with_db_retry(step)

@@ -1,11 +1,12 @@
-"""Keys, audit log and gateway status (admin), suppressions and MNP overrides (per organisation)."""
+"""Keys, organisation settings, audit log and gateway status (admin), suppressions and MNP
+overrides (per organisation)."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Query, Request, Response
@@ -13,29 +14,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select
 from sqlmodel import col
 
-from accounts.models import AuditEntry, Role
-from accounts.service import audit, create_key, list_keys, revoke_key
+from accounts.models import AuditEntry
+from accounts.schemas import KeyIn, OrgSettingsIn
+from accounts.service import audit, create_key, list_keys, org_settings, revoke_key, update_org_settings
 from api.deps import Admin, AnyRole, Sender, SessionDep, StateDep
-from api.views import audit_view, decode_cursor, encode_cursor, key_view
+from api.views import audit_view, encode_cursor, int_cursor, key_view
 from campaigns.models import MnpOverride, Suppression
 from campaigns.phones import PhoneError, normalise_phone
-from campaigns.recipients import mark_suppressed
+from campaigns.recipients import suppress_many
 from loa.errors import Invalid, NotFound
 from loa.timeutil import iso_z
 
 router = APIRouter(prefix="/v1", tags=["administration"])
 
-
-class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Role
-    name: str = Field("", max_length=200)
+Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")]
 
 
 @router.post("/keys", status_code=201, summary="Create a key; the key itself is shown only in this answer")
 def create(body: KeyIn, caller: Admin, session: SessionDep) -> dict[str, Any]:
-    issued = create_key(session, caller.org, body.role, body.name)
-    audit(session, caller.org.id, caller.key.id, "key.create", issued.record.id, role=body.role.value)
+    issued = create_key(session, caller.org, body.role, body.name, actor=caller.key.id, via="api")
     return {**key_view(issued.record), "key": issued.key}
 
 
@@ -46,25 +43,39 @@ def keys(caller: Admin, session: SessionDep) -> dict[str, Any]:
 
 @router.delete("/keys/{key_id}", summary="Revoke a key, with immediate effect")
 def revoke(key_id: str, caller: Admin, session: SessionDep) -> dict[str, Any]:
-    record = revoke_key(session, key_id, caller.org.id)
-    audit(session, caller.org.id, caller.key.id, "key.revoke", key_id)
-    return key_view(record)
+    return key_view(revoke_key(session, key_id, caller.org.id, actor=caller.key.id, via="api"))
+
+
+@router.get("/org", summary="The organisation of the key, with its launch rules")
+def get_org(caller: AnyRole) -> dict[str, Any]:
+    return org_settings(caller.org)
+
+
+@router.patch("/org", summary="Set launch rules: approval threshold (four eyes), daily quota, frequency cap")
+def patch_org(body: OrgSettingsIn, caller: Admin, session: SessionDep) -> dict[str, Any]:
+    return org_settings(update_org_settings(session, caller.org, caller.key.id, body))
 
 
 @router.get("/audit", summary="Audit log, newest first")
 def audit_log(
     caller: Admin,
     session: SessionDep,
-    limit: int = Query(100, ge=1, le=1000),
-    cursor: str | None = None,
-    action: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Cursor = None,
+    action: Annotated[str | None, Query(max_length=64, description="e.g. campaign.launch, key.create")] = None,
+    target: Annotated[str | None, Query(max_length=80, description="a campaign or key id")] = None,
+    key_id: Annotated[str | None, Query(max_length=40, description="entries made with this key")] = None,
 ) -> dict[str, Any]:
     stmt = select(AuditEntry).where(col(AuditEntry.org_id) == caller.org.id)
     if action:
         stmt = stmt.where(col(AuditEntry.action) == action)
-    after = decode_cursor(cursor)
+    if target:
+        stmt = stmt.where(col(AuditEntry.target) == target)
+    if key_id:
+        stmt = stmt.where(col(AuditEntry.key_id) == key_id)
+    after = int_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(col(AuditEntry.id) < int(after))
+        stmt = stmt.where(col(AuditEntry.id) < after)
     rows = list(session.scalars(stmt.order_by(col(AuditEntry.id).desc()).limit(limit + 1)))
     return {
         "items": [audit_view(a) for a in rows[:limit]],
@@ -73,43 +84,14 @@ def audit_log(
 
 
 @router.get("/gateways", summary="Configured gateways with bind state, rate and queue depth")
-def gateways(caller: Admin, state: StateDep) -> dict[str, Any]:
+def gateways(caller: Admin, state: StateDep, session: SessionDep) -> dict[str, Any]:
+    from campaigns.receipts import parked_counts
+    from gateways.health import gateway_status
     from workers.queues import email_queue, sms_queue
 
-    items: list[dict[str, Any]] = []
     r = state.redis
-    for g in state.gateways.smpp:
-        holders = {}
-        depth = None
-        factor = None
-        if r is not None:
-            try:
-                holders = {
-                    k.decode(): v.decode()
-                    for k, v in ((key, r.get(key)) for key in r.scan_iter(f"loa:lease:smpp:{g.name}:*"))
-                    if v
-                }
-                depth = int(r.llen(sms_queue(g.name)))
-                raw = r.get(f"loa:rl:factor:smpp:{g.name}")
-                factor = float(raw) if raw else 1.0
-            except Exception:
-                pass
-        items.append(
-            {
-                "name": g.name,
-                "type": "smpp",
-                "host": g.host,
-                "port": g.port,
-                "binds": g.binds,
-                "bound": len(holders),
-                "tps": g.tps,
-                "rate_factor": factor,
-                "queue_depth": depth,
-                "carriers": g.carriers,
-                "default": g.default,
-                "fallback": g.fallback,
-            }
-        )
+    # SMPP: bind state per slot, allowed and current rate, queue depth, failover, parked receipts.
+    items: list[dict[str, Any]] = gateway_status(r, state.gateways, sms_queue, parked_counts(session))
     for relay in state.gateways.smtp:
         depth = None
         if r is not None:
@@ -148,12 +130,12 @@ def _normalise_address(address: str) -> str:
 
 @router.get("/suppressions", summary="Suppressed addresses")
 def suppressions(
-    caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000), cursor: str | None = None
+    caller: AnyRole, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: Cursor = None
 ) -> dict[str, Any]:
     stmt = select(Suppression).where(col(Suppression.org_id) == caller.org.id)
-    after = decode_cursor(cursor)
+    after = int_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(col(Suppression.id) > int(after))
+        stmt = stmt.where(col(Suppression.id) > after)
     rows = list(session.scalars(stmt.order_by(col(Suppression.id)).limit(limit + 1)))
     return {
         "items": [{"address": s.address, "reason": s.reason, "created_at": iso_z(s.created_at)} for s in rows[:limit]],
@@ -166,8 +148,7 @@ def suppressions(
 )
 async def add_suppression(request: Request, caller: Sender, session: SessionDep) -> dict[str, Any]:
     entries = await _entries(request, SuppressionIn, ("address", "reason"))
-    for e in entries:
-        mark_suppressed(session, caller.org.id, _normalise_address(e.address), e.reason)
+    suppress_many(session, caller.org.id, [(_normalise_address(e.address), e.reason) for e in entries])
     audit(session, caller.org.id, caller.key.id, "suppression.add", None, count=len(entries))
     return {"added": len(entries)}
 
@@ -193,12 +174,12 @@ class MnpIn(BaseModel):
 
 @router.get("/mnp", summary="Number portability overrides (number → carrier)")
 def mnp(
-    caller: AnyRole, session: SessionDep, limit: int = Query(100, ge=1, le=1000), cursor: str | None = None
+    caller: AnyRole, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: Cursor = None
 ) -> dict[str, Any]:
     stmt = select(MnpOverride).where(col(MnpOverride.org_id) == caller.org.id)
-    after = decode_cursor(cursor)
+    after = int_cursor(cursor)
     if after is not None:
-        stmt = stmt.where(col(MnpOverride.id) > int(after))
+        stmt = stmt.where(col(MnpOverride.id) > after)
     rows = list(session.scalars(stmt.order_by(col(MnpOverride.id)).limit(limit + 1)))
     return {
         "items": [{"number": m.number, "carrier": m.carrier} for m in rows[:limit]],
@@ -249,9 +230,7 @@ async def _entries(request: Request, model: type[Any], columns: tuple[str, str])
             if file is None or isinstance(file, str):
                 raise Invalid("multipart upload needs a 'file' part", {"field": "file"})
             text = (await file.read()).decode("utf-8-sig")
-            reader = csv.reader(
-                io.StringIO(text), csv.Sniffer().sniff(text[:2048], ",;\t") if text.strip() else "excel"
-            )
+            reader = csv.reader(io.StringIO(text), _dialect(text))
             rows = [r for r in reader if any(c.strip() for c in r)]
             if rows and rows[0][0].strip().lower() == columns[0]:
                 rows = rows[1:]
@@ -268,7 +247,13 @@ async def _entries(request: Request, model: type[Any], columns: tuple[str, str])
         data = await request.json()
         items = data if isinstance(data, list) else [data]
         return [model(**item) for item in items]
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, Invalid):
-            raise
+    except (ValueError, TypeError, csv.Error) as exc:
         raise Invalid(str(exc)) from None
+
+
+def _dialect(text: str) -> type[csv.Dialect] | str:
+    """Comma, semicolon (Excel in many locales) or tab; plain CSV when the sample says nothing."""
+    try:
+        return csv.Sniffer().sniff(text[:2048], ",;\t") if text.strip() else "excel"
+    except csv.Error:
+        return "excel"

@@ -34,14 +34,16 @@ from smpplib import smpp as smpplib_codec
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from gateways.smpp.session_incoming import DeliverBatcher
-from gateways.smpp.session_link import UNBIND_RESP, Call, Link, LinkDown, Role
+from gateways.smpp.session_link import UNBIND_RESP, Link, LinkDown, Role
 from gateways.smpp.session_util import (
     BindConfig,
     BindMode,
+    Call,
     Deliver,
     DeliverHandler,
     GatewayCheckError,
     Outcome,
+    ResultHook,
     SessionCounters,
     SessionStats,
     Submit,
@@ -59,6 +61,7 @@ __all__ = [
     "DeliverHandler",
     "GatewayCheckError",
     "Outcome",
+    "ResultHook",
     "SessionStats",
     "SmppSession",
     "Submit",
@@ -233,7 +236,12 @@ class SmppSession:
         """A snapshot of the counters."""
         return self._counters.snapshot()
 
-    def submit_many(self, items: Sequence[Submit], before_each: Callable[[], None] | None = None) -> list[SubmitResult]:
+    def submit_many(
+        self,
+        items: Sequence[Submit],
+        before_each: Callable[[], None] | None = None,
+        on_result: ResultHook | None = None,
+    ) -> list[SubmitResult]:
         """Submit ``items`` keeping up to ``cfg.window`` unanswered; one result per item, in order.
 
         Blocks until every written submit is answered, given up after ``response_timeout_s``
@@ -241,12 +249,15 @@ class SmppSession:
         NOT_SENT. When the session is down, or goes down mid-way, this returns at once rather than
         waiting for the reconnect. ``before_each`` runs right before each submit_sm is written (a
         rate limiter blocks there); if it raises, the batch stops and the rest come back NOT_SENT,
-        which is also how a caller ends a batch early (a paused campaign, say).
+        which is also how a caller ends a batch early (a paused campaign, say). ``on_result`` is
+        told each OK, ERROR or AMBIGUOUS result as soon as it is known (see
+        :data:`~gateways.smpp.session_util.ResultHook`), e.g. to journal accepted submits before
+        the whole batch is done; NOT_SENT results only come back in the returned list.
 
         Meant for one caller thread at a time per session; concurrent callers are safe but share
         the window.
         """
-        call = Call(items, [None] * len(items))
+        call = Call(items, [None] * len(items), on_result=on_result)
         with self._cond:
             link = self._links[0] if self._bound else None
         if link is None:

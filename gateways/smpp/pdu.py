@@ -146,9 +146,10 @@ class BindRequest(NamedTuple):
 
 
 class SubmitSm(NamedTuple):
-    """The submit_sm fields the simulator uses; protocol_id, priority and the dates are skipped.
+    """The submit_sm fields the simulator uses; protocol_id, priority and the schedule are skipped.
 
-    ``short_message`` holds ``message_payload`` instead when the SMSC got the text in that TLV.
+    ``short_message`` holds ``message_payload`` instead when the SMSC got the text in that TLV;
+    ``validity_period`` is the raw SMPP time string ("" when absent).
     """
 
     source_addr_ton: int
@@ -161,6 +162,7 @@ class SubmitSm(NamedTuple):
     registered_delivery: int
     data_coding: int
     short_message: bytes
+    validity_period: str = ""
 
 
 def _cstring_end(body: bytes, pos: int, max_len: int, what: str, status: CommandStatus) -> int:
@@ -215,7 +217,9 @@ def decode_submit_sm(body: bytes) -> SubmitSm:
         pos = end + 4
         # schedule_delivery_time and validity_period: empty or 16 characters, NUL-terminated.
         pos = _cstring_end(body, pos, 17, "schedule_delivery_time", CommandStatus.ESME_RINVMSGLEN) + 1
-        pos = _cstring_end(body, pos, 17, "validity_period", CommandStatus.ESME_RINVMSGLEN) + 1
+        end = _cstring_end(body, pos, 17, "validity_period", CommandStatus.ESME_RINVMSGLEN)
+        validity_period = body[pos:end].decode("latin-1")
+        pos = end + 1
         registered_delivery = body[pos]
         # replace_if_present_flag at pos + 1, sm_default_msg_id at pos + 3
         data_coding = body[pos + 2]
@@ -242,6 +246,7 @@ def decode_submit_sm(body: bytes) -> SubmitSm:
         registered_delivery,
         data_coding,
         short_message,
+        validity_period,
     )
 
 

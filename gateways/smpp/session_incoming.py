@@ -26,6 +26,7 @@ from gateways.smpp.session_util import Deliver, DeliverHandler, SessionCounters
 
 __all__ = [
     "HEADER_LENGTH",
+    "MAX_PDU_LENGTH",
     "DeliverBatcher",
     "DeliverSource",
     "Header",

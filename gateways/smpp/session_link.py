@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gateways.smpp.session_incoming import (
@@ -28,9 +28,9 @@ from gateways.smpp.session_incoming import (
     parse_header,
     parse_message_id,
 )
-from gateways.smpp.session_util import Outcome, SessionCounters, Submit, SubmitResult, describe_status
+from gateways.smpp.session_util import Call, Outcome, SessionCounters, describe_status
 
-__all__ = ["Call", "Link", "LinkDown", "PduEncoder", "Role"]
+__all__ = ["Link", "LinkDown", "PduEncoder", "Role"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,33 +69,6 @@ class LinkDown(Exception):
 
 class _PeerGone(LinkDown):
     """A write found the connection closed or reset: nothing of the PDU went out."""
-
-
-@dataclass(eq=False)
-class Call:
-    """One ``submit_many()``: its items and their results so far (guarded by the link's condition)."""
-
-    items: Sequence[Submit]
-    results: list[SubmitResult | None]
-    outstanding: set[int] = field(default_factory=set)
-
-    def settle(
-        self,
-        seq: int,
-        index: int,
-        outcome: Outcome,
-        provider_id: str | None = None,
-        status: int | None = None,
-    ) -> None:
-        self.outstanding.discard(seq)
-        self.results[index] = SubmitResult(self.items[index].ref, outcome, provider_id, status)
-
-    def final_results(self) -> list[SubmitResult]:
-        """The results, NOT_SENT for every item that was never written."""
-        return [
-            result if result is not None else SubmitResult(self.items[index].ref, Outcome.NOT_SENT)
-            for index, result in enumerate(self.results)
-        ]
 
 
 @dataclass(slots=True)

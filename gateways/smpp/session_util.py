@@ -1,8 +1,8 @@
 """Value types and pure helpers of the SMPP client adapter (:mod:`gateways.smpp.client`).
 
 Nothing here touches a socket or smpplib: the adapter's data types (bind settings, submits, their
-results, incoming deliver_sm, session counters) and SMPP address and time formatting. Import the
-public names from :mod:`gateways.smpp.client`.
+results and the bookkeeping of one ``submit_many()``, incoming deliver_sm, session counters) and
+SMPP address and time formatting. Import the public names from :mod:`gateways.smpp.client`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from gateways.smpp.errors import ErrorTable, is_throttle
 __all__ = [
     "BindConfig",
     "BindMode",
+    "Call",
     "Deliver",
     "DeliverHandler",
     "GatewayCheckError",
     "Outcome",
+    "ResultHook",
     "SessionCounters",
     "SessionStats",
     "Submit",
@@ -165,6 +167,42 @@ class Deliver:
 
 # Called with a batch of deliver_sm; each is acknowledged only after it returns (0x64 if it raises).
 DeliverHandler = Callable[[Sequence[Deliver]], None]
+
+
+# Told each result the moment it is known (index into the items, the result). It runs on the
+# session's reader thread with the link's lock held: it must be quick and must not block.
+ResultHook = Callable[[int, "SubmitResult"], None]
+
+
+@dataclass(eq=False)
+class Call:
+    """One ``submit_many()``: its items and their results so far (guarded by the link's condition)."""
+
+    items: Sequence[Submit]
+    results: list[SubmitResult | None]
+    outstanding: set[int] = field(default_factory=set)
+    on_result: ResultHook | None = None
+
+    def settle(
+        self,
+        seq: int,
+        index: int,
+        outcome: Outcome,
+        provider_id: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.outstanding.discard(seq)
+        result = SubmitResult(self.items[index].ref, outcome, provider_id, status)
+        self.results[index] = result
+        if self.on_result is not None:
+            self.on_result(index, result)
+
+    def final_results(self) -> list[SubmitResult]:
+        """The results, NOT_SENT for every item that was never written."""
+        return [
+            result if result is not None else SubmitResult(self.items[index].ref, Outcome.NOT_SENT)
+            for index, result in enumerate(self.results)
+        ]
 
 
 class SessionStats(TypedDict):

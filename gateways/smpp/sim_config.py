@@ -40,6 +40,8 @@ class Account:
     max_binds: int | None = None
     # Refuse every bind (0x0D), e.g. an account the carrier suspended.
     fail_bind: bool = False
+    # Answer every submit_sm of this account with this error status (a route that is failing).
+    reject_status: int | None = None
 
     def __post_init__(self) -> None:
         # SMPP 3.4 caps system_id at 15 characters (plus the NUL). The password cap (8) is not
@@ -90,6 +92,8 @@ class SimulatorConfig:
     redeliver_delay_s: float = 1.0
     # destination_addr prefix → command_status to answer, e.g. {"8499": 0x0B}.
     reject_prefixes: dict[str, int] = field(default_factory=dict)
+    # Answer accepted submit_sm this many seconds late (a slow SMSC: the ESME's window fills).
+    response_delay_s: float = 0.0
     # Close each session's TCP connection right after answering its Nth submit_sm: no unbind,
     # the submits already in flight behind it are never read nor answered.
     drop_after: int | None = None
@@ -108,6 +112,8 @@ class SimulatorConfig:
         low, high = self.receipt_delay_s
         if not 0 <= low <= high:
             raise ValueError(f"receipt_delay_s must be (low, high) with 0 <= low <= high: {(low, high)}")
+        if not 0 <= self.response_delay_s <= 60:
+            raise ValueError(f"response_delay_s must be within 0..60 seconds: {self.response_delay_s!r}")
         unknown = set(self.outcomes) - set(MESSAGE_STATES)
         if unknown:
             raise ValueError(f"unknown receipt stat words in outcomes: {sorted(unknown)}")

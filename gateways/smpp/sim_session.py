@@ -104,6 +104,7 @@ class SmppSession(asyncio.Protocol):
         self._unbinding: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._submits = 0
+        self._open = 0
         self._sequence = 0
         self._awaiting: dict[int, Outbound] = {}
         self._quickack: Callable[[], None] | None = None
@@ -207,11 +208,16 @@ class SmppSession(asyncio.Protocol):
             return
         host = self._host
         config = host.config
+        # The account as configured now (a test may change its TPS while sessions stay bound).
+        account = next((a for a in config.accounts if a.system_id == account.system_id), account)
         stats = host.stats
         now = time.time()
         stats.count_received(account.system_id, int(now))
         self._submits += 1
         count = self._submits
+        # Unanswered submits of this session, this one included: the ESME's window as seen here.
+        self._open += 1
+        stats.note_outstanding(account.system_id, self._open)
 
         if config.generic_nack_every and count % config.generic_nack_every == 0:
             stats.add("generic_nacks")
@@ -230,6 +236,8 @@ class SmppSession(asyncio.Protocol):
                 else:
                     self._emit(encode_submit_sm_resp(status, sequence, ""))
 
+        self._open -= 1  # answered (or left open above, which added one back)
+
         if config.drop_after is not None and count >= config.drop_after:
             logger.info("dropping %s of %s after %d submit_sm", self._peer, account.system_id, count)
             self._close_after_write()
@@ -240,6 +248,9 @@ class SmppSession(asyncio.Protocol):
         """The status a submit_sm that decoded well gets: 0, a rejection or throttling."""
         stats = self._host.stats
         destination = submit.destination_addr
+        if account.reject_status:
+            stats.add("rejected")
+            return account.reject_status
         if not destination:
             stats.add("rejected")
             return CommandStatus.ESME_RINVDSTADR
@@ -269,6 +280,10 @@ class SmppSession(asyncio.Protocol):
                 submit.data_coding,
                 message_id,
                 now,
+                submit.source_addr_ton,
+                submit.source_addr_npi,
+                submit.registered_delivery,
+                submit.validity_period,
             ),
             config.keep_log,
         )
@@ -278,8 +293,19 @@ class SmppSession(asyncio.Protocol):
             self._schedule_receipts(system_id, submit, number, wanted, config, now)
         if config.unanswered_every and count % config.unanswered_every == 0:
             host.stats.add("unanswered")
+            self._open += 1  # cancels the decrement below: this one stays open for good
             return
-        self._emit(encode_submit_sm_resp(_OK, sequence, message_id))
+        response = encode_submit_sm_resp(_OK, sequence, message_id)
+        if config.response_delay_s > 0:
+            # Answered later: the ESME's window fills up, as with a slow SMSC.
+            self._open += 1
+            asyncio.get_running_loop().call_later(config.response_delay_s, self._answer_late, response)
+            return
+        self._emit(response)
+
+    def _answer_late(self, response: bytes) -> None:
+        self._open -= 1
+        self._emit(response)
 
     def _schedule_receipts(
         self, system_id: str, submit: SubmitSm, number: int, wanted: int, config: SimulatorConfig, now: float

@@ -37,6 +37,10 @@ class SubmitRecord(NamedTuple):
     data_coding: int
     message_id: str  # as written in submit_sm_resp
     received_at: float  # time.time()
+    source_addr_ton: int = 0
+    source_addr_npi: int = 0
+    registered_delivery: int = 0
+    validity_period: str = ""  # as sent: SMPP absolute or relative time, "" when absent
 
 
 class SmscStats:
@@ -60,6 +64,7 @@ class SmscStats:
         self._duplicates = 0
         self._sessions: dict[str, int] = {}
         self._max_sessions: dict[str, int] = {}
+        self._max_outstanding: dict[str, int] = {}
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -88,6 +93,11 @@ class SmscStats:
         with self._lock:
             return self._sessions.get(system_id, 0)
 
+    def max_outstanding(self, system_id: str) -> int:
+        """Most submit_sm one session of ``system_id`` had unanswered at once (its window)."""
+        with self._lock:
+            return self._max_outstanding.get(system_id, 0)
+
     def max_sessions(self, system_id: str) -> int:
         """Peak number of concurrently bound sessions of ``system_id``."""
         with self._lock:
@@ -106,6 +116,7 @@ class SmscStats:
             self._seen = set()
             self._duplicates = 0
             self._max_sessions = dict(self._sessions)
+            self._max_outstanding = {}
 
     # -- writes (simulator loop thread) --------------------------------------------------------
 
@@ -131,6 +142,11 @@ class SmscStats:
         """Add ``n`` to one of the public integer counters, e.g. ``add("throttled")``."""
         with self._lock:
             setattr(self, counter, getattr(self, counter) + n)
+
+    def note_outstanding(self, system_id: str, n: int) -> None:
+        with self._lock:
+            if n > self._max_outstanding.get(system_id, 0):
+                self._max_outstanding[system_id] = n
 
     def session_bound(self, system_id: str) -> None:
         with self._lock:

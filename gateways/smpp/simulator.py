@@ -138,6 +138,21 @@ class Smsc:
         item = Outbound(system_id, mo_body(source_addr, dest, text), is_receipt=False)
         loop.call_soon_threadsafe(self._send_if_running, item)
 
+    def disconnect(self, system_id: str) -> None:
+        """Drop every session of ``system_id`` (TCP close, no unbind), as a carrier outage does.
+
+        Safe to call from any thread; returns once the sessions are closed."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the SMSC simulator is not started")
+
+        async def close() -> None:
+            for session in list(self._sessions):
+                if session.system_id == system_id:
+                    session.close()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(_THREAD_TIMEOUT_S)
+
     def queued(self, system_id: str) -> int:
         """deliver_sm waiting for a receiver of ``system_id`` (a snapshot when read from another thread)."""
         return self.router.queued(system_id)

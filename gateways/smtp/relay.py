@@ -67,7 +67,9 @@ class RelayConfig:
     ca_file: str | None = None
     # Pool tuning; the defaults suit common relays (Postfix, Exchange, Microsoft 365, SES).
     noop_after_idle_s: float = 30.0  # verify a connection idle this long before using it
-    max_messages_per_connection: int = 100  # Exchange receive connectors cap messages per session
+    # Recycle a connection after this many messages. Relays that cap messages per session
+    # (Exchange's MaxMessagesPerConnection) answer 421, and the pool reconnects on that anyway.
+    max_messages_per_connection: int = 1000
     connect_attempts: int = 3  # tries per connect, with exponential backoff and jitter
     down_cooldown_s: float = 10.0  # after connecting failed, answer TRANSIENT at once for this long
 
@@ -183,7 +185,7 @@ async def check_relay(cfg: RelayConfig) -> str:
         extensions = sorted(name.upper() for name in client.esmtp_extensions)
         greeting = client.last_ehlo_response.message if client.last_ehlo_response else ""
         server = greeting.split()[0] if greeting.split() else "EHLO ok"
-        return f"{where}: ok, {server}, {tls}, {auth}, extensions {' '.join(extensions) or '-'}"
+        return f"{where}: ok, EHLO answered by {server}, {tls}, {auth}, extensions {' '.join(extensions) or '-'}"
     finally:
         try:
             await client.quit()

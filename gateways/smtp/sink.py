@@ -9,7 +9,8 @@ required AUTH PLAIN/LOGIN. It keeps what it received in memory (``store=True``) 
 * ``rcpt_replies``: answer RCPT with a fixed reply, e.g. ``(550, "5.1.1 user unknown")``;
 * ``fail_first_n``: answer RCPT ``451 4.7.1`` the first N times (greylisting), then accept;
 * ``drop_during_data``: cut the connection after the message data, before the final reply --
-  the case where the sender cannot know whether the message was taken;
+  the case where the sender cannot know whether the message was taken (``drop_first_n``: only
+  the first N times per address);
 * ``messages_per_connection``: after N messages answer MAIL ``421`` and hang up (as Exchange's
   MaxMessagesPerConnection does).
 
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import os
 import shutil
 import signal
 import ssl
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -46,11 +50,21 @@ from gateways.smtp.sink_session import (
     abort_transport,
 )
 
-__all__ = ["ReceivedMail", "SinkConfig", "SinkFaults", "SmtpSink", "generate_self_signed", "serve"]
+__all__ = [
+    "ReceivedMail",
+    "SinkConfig",
+    "SinkFaults",
+    "SmtpSink",
+    "generate_self_signed",
+    "read_stats",
+    "serve",
+    "write_stats",
+]
 
 logger = logging.getLogger(__name__)
 
 _READY_TIMEOUT_S = 10.0
+_STATS_INTERVAL_S = 0.5
 
 
 class SmtpSink:
@@ -226,8 +240,13 @@ class SmtpSink:
             self._tempdir = None
 
 
-def serve(cfg: SinkConfig) -> None:
-    """Run a sink in the foreground until SIGINT/SIGTERM (``loa simulate smtp``)."""
+def serve(cfg: SinkConfig, stats_file: Path | None = None) -> None:
+    """Run a sink in the foreground until SIGINT/SIGTERM (``loa simulate smtp``).
+
+    With ``stats_file``, the counts are written there as JSON (``received``, ``connections``,
+    ``drops``) twice a second and at the end, so another process (``loa demo``) can compare what
+    arrived with what the campaign says it sent.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -240,12 +259,34 @@ def serve(cfg: SinkConfig) -> None:
     try:
         sink.start()
         last = -1
-        while not stop.wait(10.0):
-            if sink.count != last:
-                last = sink.count
+        logged_at = time.monotonic()
+        while not stop.wait(_STATS_INTERVAL_S):
+            if stats_file is not None:
+                write_stats(sink, stats_file)
+            if sink.count != last and time.monotonic() - logged_at >= 10.0:
+                last, logged_at = sink.count, time.monotonic()
                 logger.info("SMTP sink: %d messages received on %d connections", last, sink.connections_opened)
     finally:
         sink.stop()
+        if stats_file is not None:
+            write_stats(sink, stats_file)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    logger.info("SMTP sink stopped after %d messages", sink.count)
+    logger.info("SMTP sink stopped after %d messages on %d connections", sink.count, sink.connections_opened)
+
+
+def write_stats(sink: SmtpSink, path: Path) -> None:
+    """Write the sink's counts as JSON, atomically (readers never see half a file)."""
+    stats = {"received": sink.count, "connections": sink.connections_opened, "drops": sink.drops}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stats))
+    os.replace(tmp, path)
+
+
+def read_stats(path: Path) -> dict[str, int] | None:
+    """The counts last written by :func:`write_stats`, or ``None`` before the first write."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else None

@@ -48,6 +48,8 @@ class SinkFaults:
 
     rcpt_replies: dict[str, tuple[int, str]] = field(default_factory=dict)
     drop_during_data: set[str] = field(default_factory=set)
+    # Like drop_during_data, but only the first N times per address; then the message is taken.
+    drop_first_n: dict[str, int] = field(default_factory=dict)
     fail_first_n: dict[str, int] = field(default_factory=dict)
     # Like Exchange's MaxMessagesPerConnection: after this many messages on one connection,
     # answer the next MAIL with 421 and hang up.
@@ -132,6 +134,7 @@ class SinkHandler:
         self._config = config
         self._mailbox = mailbox
         self._failures_seen: dict[str, int] = {}
+        self._drops_seen: dict[str, int] = {}
 
     async def handle_MAIL(  # aiosmtpd's hook names
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -172,7 +175,9 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         config = self._config()
-        if any(_match(rcpt, config.faults.drop_during_data) is not None for rcpt in envelope.rcpt_tos):
+        if any(_match(rcpt, config.faults.drop_during_data) is not None for rcpt in envelope.rcpt_tos) or any(
+            self._drop_this_time(rcpt, config.faults.drop_first_n) for rcpt in envelope.rcpt_tos
+        ):
             self._mailbox.increment("drops")
             abort_transport(server.transport)
             # aiosmtpd cancels this handler when it sees the connection go; wait for that.
@@ -187,6 +192,16 @@ class SinkHandler:
         self._mailbox.record(mail, store=config.store)
         server.messages_accepted += 1
         return "250 2.0.0 OK: queued"
+
+    def _drop_this_time(self, address: str, table: dict[str, int]) -> bool:
+        key = _match(address, table)
+        if key is None:
+            return False
+        seen = self._drops_seen.get(address.lower(), 0)
+        if seen >= table[key]:
+            return False
+        self._drops_seen[address.lower()] = seen + 1
+        return True
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):

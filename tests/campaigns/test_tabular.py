@@ -456,3 +456,153 @@ def test_close_releases_the_workbook_but_not_the_callers_stream(tmp_path: Path) 
         table.close()
         table.close()  # idempotent
         assert not handle.closed
+
+
+def test_xlsx_vertical_merges_fill_down_in_their_first_column(tmp_path: Path) -> None:
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["phone", "xa", "ghi_chu", "to"])
+    sheet.append(["0912000001", "Xã A", "note", "1"])
+    sheet.append(["0912000002", None, None, "2"])
+    sheet.append(["0912000003", None, None, "3"])
+    sheet.append(["0912000004", "Xã B", None, "4"])
+    sheet.merge_cells("B2:C4")  # a block: its value belongs to column B, not copied across to C
+    sheet.merge_cells("D1:D2")  # starts on the header row: left alone (D2 is emptied by the merge)
+    path = tmp_path / "merged.xlsx"
+    book.save(path)
+    header, rows = read(path)
+    assert header == ["phone", "xa", "ghi_chu", "to"]
+    assert [row.values for row in rows] == [
+        ["0912000001", "Xã A", "", ""],  # merging keeps only the top-left value ("note" is gone)
+        ["0912000002", "Xã A", "", "2"],
+        ["0912000003", "Xã A", "", "3"],
+        ["0912000004", "Xã B", "", "4"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "row"),
+    [
+        (b'phone,name\n0912000001,"An\n0912000002,Binh\n', 2),  # never closed: would swallow the rest
+        (b'phone,name\n0912000001,An\n0912000002,"Binh" Tran\n', 3),  # text after the closing quote
+    ],
+    ids=["unclosed-at-end", "text-after-quote"],
+)
+def test_malformed_quotes_are_errors_not_silent_merges(data: bytes, row: int) -> None:
+    error = table_error(data)
+    assert error.code == "bad_csv"
+    assert error.row == row
+    assert f"Row {row} cannot be read as CSV" in error.message
+
+
+def test_quoted_cells_may_hold_separators_quotes_and_line_breaks() -> None:
+    data = 'phone,name\n0912000001,"Nguyễn, ""An""\nline 2"\n'.encode()
+    assert read_bytes(data)[1] == [Row(2, ["0912000001", 'Nguyễn, "An"\nline 2'])]
+
+
+def excel_like_workbook(path: Path) -> Path:
+    """What Excel writes and openpyxl does not: shared strings (with rich text runs and phonetic
+    guides), custom date formats, the 1904 date system, absolute relationship targets and a first
+    sheet that is not sheet1.xml; plus formula results of every type."""
+    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    rel = 'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"'
+    kind = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    parts = {
+        "[Content_Types].xml": '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>',
+        "_rels/.rels": (
+            '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            f'<Relationship Id="rId1" Type="{kind}/officeDocument" Target="/xl/workbook.xml"/></Relationships>'
+        ),
+        "xl/workbook.xml": (
+            f'<workbook {ns} {rel}><workbookPr date1904="1"/><sheets>'
+            '<sheet name="Danh sách" sheetId="2" r:id="rId7"/><sheet name="Khác" sheetId="1" r:id="rId1"/>'
+            "</sheets></workbook>"
+        ),
+        "xl/_rels/workbook.xml.rels": (
+            '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            f'<Relationship Id="rId1" Type="{kind}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId7" Type="{kind}/worksheet" Target="/xl/worksheets/sheet2.xml"/>'
+            f'<Relationship Id="rId8" Type="{kind}/sharedStrings" Target="sharedStrings.xml"/>'
+            f'<Relationship Id="rId9" Type="{kind}/styles" Target="styles.xml"/></Relationships>'
+        ),
+        "xl/sharedStrings.xml": (
+            f'<sst {ns} count="4" uniqueCount="4"><si><t>phone</t></si><si><t>ten</t></si>'
+            '<si><r><rPr><b/></rPr><t xml:space="preserve">Nguyễn </t></r><r><t>Văn An</t></r>'
+            '<rPh sb="0" eb="1"><t>グエン</t></rPh></si><si><t>ngay</t></si></sst>'
+        ),
+        "xl/styles.xml": (
+            f'<styleSheet {ns}><numFmts count="1"><numFmt numFmtId="164" formatCode="dd/mm/yyyy"/></numFmts>'
+            '<cellXfs count="3"><xf numFmtId="0"/><xf numFmtId="164"/><xf numFmtId="49"/></cellXfs></styleSheet>'
+        ),
+        "xl/worksheets/sheet1.xml": f'<worksheet {ns}><sheetData><row r="1"><c t="inlineStr"><is><t>not this one'
+        "</t></is></c></row></sheetData></worksheet>",
+        "xl/worksheets/sheet2.xml": (
+            f'<worksheet {ns}><dimension ref="A1:C4"/><sheetData>'
+            '<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>3</v></c></row>'
+            '<row r="2"><c r="A2" s="2" t="s"><v>0</v></c><c r="B2" t="s"><v>2</v></c>'
+            '<c r="C2" s="1"><v>1</v></c></row>'  # day 1 of the 1904 system
+            '<row r="3"><c r="A3"><f>TEXT(912345678,"0")</f><v>912345678</v></c>'
+            '<c r="B3" t="str"><f>"Lê"&amp;" Chi"</f><v>Lê Chi</v></c>'
+            '<c r="C3" t="d"><v>2026-04-01T00:00:00</v></c></row>'
+            '<row r="4"><c r="A4" t="e"><v>#N/A</v></c><c r="B4" t="b"><v>0</v></c>'
+            '<c r="C4" s="1"><v>44287.5</v></c></row>'
+            "</sheetData></worksheet>"
+        ),
+    }
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in parts.items():
+            archive.writestr(name, text)
+    return path
+
+
+def test_xlsx_as_excel_writes_it(tmp_path: Path) -> None:
+    header, rows = read(excel_like_workbook(tmp_path / "excel.xlsx"))
+    assert header == ["phone", "ten", "ngay"]
+    assert rows == [
+        Row(2, ["phone", "Nguyễn Văn An", "1904-01-02"]),
+        Row(3, ["912345678", "Lê Chi", "2026-04-01"]),
+        Row(4, ["#N/A", "FALSE", "2025-04-02T12:00:00"]),
+    ]
+
+
+def test_xlsx_with_a_doctype_is_refused(tmp_path: Path) -> None:
+    path = excel_like_workbook(tmp_path / "evil.xlsx")
+    bomb = b'<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+    patch_member(path, "xl/sharedStrings.xml", b"<sst ", bomb + b"<sst ")
+    assert table_error(path.read_bytes(), "evil.xlsx").code == "bad_xlsx"
+
+
+def test_xlsx_reader_agrees_with_openpyxl(tmp_path: Path) -> None:
+    """Our expat reader against openpyxl's own reading of the same varied workbook."""
+    from campaigns.tabular_xlsx import _cell_text
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["phone", "text", "number", "when", "flag", "formula"])
+    values: list[Any] = [
+        "  Nguyễn  ",
+        12,
+        -3.25,
+        1e20,
+        0.1,
+        dt.datetime(2026, 4, 1, 7, 30),
+        dt.date(1999, 12, 31),
+        dt.time(22, 15),
+        True,
+        None,
+        "=A2&B2",
+        "x" * 300,
+    ]
+    for n in range(60):
+        sheet.append([f"09{n:08d}", *(values[(n + k) % len(values)] for k in range(5))])
+    sheet["H70"] = "far right"
+    path = tmp_path / "varied.xlsx"
+    book.save(path)
+
+    expected = openpyxl.load_workbook(path, read_only=True, data_only=True).worksheets[0]
+    expected_rows = [[_cell_text(v) for v in row] for row in expected.iter_rows(min_row=2, values_only=True)]
+    _, rows = read(path)
+    assert [r.values for r in rows] == [(cells + [""] * 6)[:6] for cells in expected_rows if any(cells)]
+    assert [r.extra for r in rows][-1] is True

@@ -82,7 +82,7 @@ def test_run_starts_everything_and_stops_on_sigterm(tmp_path: Path) -> None:
         [sys.executable, "-m", "loa", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 180  # a loaded machine imports slowly; this is no speed test
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()["redis"]:
@@ -98,7 +98,7 @@ def test_run_starts_everything_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert {g["name"] for g in resp.json()["items"]} == {"viettel", "vinaphone", "default", "sink"}
         assert (tmp_path / ".loa" / "redis.sock").exists()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(120) == 0
+        assert proc.wait(40) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

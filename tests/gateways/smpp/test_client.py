@@ -7,6 +7,7 @@ the simulator cannot play (an SMSC that goes silent without closing) is a tiny T
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 import threading
@@ -490,3 +491,23 @@ def test_check_bind_reports_a_refused_connection() -> None:
         port = probe.getsockname()[1]  # bound but not listening: connections are refused
         with pytest.raises(GatewayCheckError, match=rf"cannot connect to 127\.0\.0\.1:{port}"):
             check_bind(make_cfg(port))
+
+
+def test_logs_never_show_the_password_or_the_message_text(
+    start_smsc: StartSmsc, open_session: OpenSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    smsc = start_smsc(accounts=[Account("sys", "Zq9!secr")], drop_after=2)
+    with pytest.raises(GatewayCheckError):
+        check_bind(make_cfg(smsc.port, password="Xw4!secr"))
+    session, receiver = open_session(smsc, password="Zq9!secr", reconnect_initial_s=0.2)
+    session.submit_many([sms(i, text=b"OTP-771903") for i in range(4)])
+    assert session.wait_bound(5)
+    assert wait_until(lambda: smsc.stats.receipts_acked == 2)
+    session.close()
+
+    ours = [r for r in caplog.records if r.name.startswith(("gateways.smpp.client", "gateways.smpp.session", "smpp"))]
+    assert any("connection lost" in r.getMessage() for r in ours)  # the logs were captured at all
+    text = "\n".join(r.getMessage() for r in ours)
+    for secret in ("Zq9!secr", "Xw4!secr", "OTP-771903", "771903"):
+        assert secret not in text

@@ -31,3 +31,50 @@ from gateways.smtp.html_text import html_to_text
 )
 def test_html_to_text(html: str, text: str) -> None:
     assert html_to_text(html) == text
+
+
+VALUES = {
+    "don_vi": "Công ty TNHH <Sông Hồng> & Cộng sự",
+    "username": "DN2026001",
+    "password": "p&<>\"'x",
+    "link": "https://gso.gov.vn/khai-bao?u=1&v=2",
+}
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "<p>Kính gửi <b>{{ don_vi }}</b>,</p><ul><li>Tên đăng nhập: {{ username }}</li>"
+        "<li>Mật khẩu: <code>{{ password }}</code></li></ul><p>Tổng cục Thống kê</p>",
+        '<p>Khai báo tại <a href="{{ link }}">đây</a>.</p><p>{{ don_vi|upper }}</p>',
+        "<table><tr><td>Đơn vị</td><td>{{ don_vi }}</td></tr><tr><td>Mã</td><td>{{username}}</td></tr></table>",
+    ],
+)
+def test_text_template_renders_what_converting_each_message_gives(template: str) -> None:
+    from campaigns.templates import render
+    from gateways.smtp.html_text import text_template_from_html
+
+    text_template = text_template_from_html(template)
+    assert text_template is not None
+    # Rendered as the send path renders: the HTML part escaped, the text part not.
+    rendered = render({"html": template, "body": text_template}, VALUES)
+    assert rendered.html is not None
+    assert rendered.body == html_to_text(rendered.html)
+    assert "&lt;" not in rendered.body  # values as given, not HTML-escaped
+    assert "&lt;" in rendered.html
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% if x %}<b>{{ x }}</b>{% endif %}",  # statements: the structure depends on the data
+        "<p>{# note #}{{ x }}</p>",
+        "<div>{{ x|safe }}</div>",  # the value is markup: only the rendered message can be converted
+        '<p title="{{ x }}">title only</p>',  # the expression would silently vanish
+        "<style>{{ x }}</style><p>a</p>",
+    ],
+)
+def test_templates_that_cannot_be_converted_up_front(template: str) -> None:
+    from gateways.smtp.html_text import text_template_from_html
+
+    assert text_template_from_html(template) is None

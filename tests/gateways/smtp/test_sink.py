@@ -143,8 +143,8 @@ def test_serve_runs_until_sigterm() -> None:
     assert "stopped after 1 messages" in stderr
 
 
-def wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 15
+def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"serve() exited early: {process.stderr.read() if process.stderr else ''}")
@@ -153,4 +153,36 @@ def wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
             return
         except OSError:
             time.sleep(0.05)
-    pytest.fail(f"serve() did not listen on port {port} within 15 s")
+    pytest.fail(f"serve() did not listen on port {port} within {timeout:.0f} s")
+
+
+def test_loa_simulate_smtp_writes_its_counts_for_the_demo(tmp_path: Path) -> None:
+    from gateways.smtp.sink import read_stats
+
+    port, stats = free_port(), tmp_path / "sink.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loa", "simulate", "smtp", "--port", str(port), "--stats-file", str(stats)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port(port, process, timeout=60)
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            for rcpt in ("a@example.vn", "b@example.vn", "c@example.vn"):
+                client.sendmail(SENDER, [rcpt], MESSAGE)
+        deadline = time.monotonic() + 15
+        while (read_stats(stats) or {}).get("received") != 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # Two connections: the readiness probe and the client.
+        assert read_stats(stats) == {"received": 3, "connections": 2, "drops": 0}
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert read_stats(stats) == {"received": 3, "connections": 2, "drops": 0}  # final write on exit
+    assert read_stats(tmp_path / "missing.json") is None

@@ -1,0 +1,110 @@
+"""Applying delivery receipts from the database inbox, on Postgres.
+
+Seeds a campaign whose messages are `sent` with one segment each (provider ids stored), fills the
+inbox with one DELIVRD receipt per segment (as the SMPP deliver handler stores them), then times
+`apply_inbox` batches (5,000 receipts each, one transaction each) until the inbox is empty: the
+segments and messages become `delivered`, events and counters are written, the inbox emptied.
+
+    .venv/bin/python -m bench.bench_receipts [--receipts 50000] [--database-url URL]
+
+The database named in the URL must exist; its schema is dropped and rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sqlalchemy import func, insert, select, text
+from sqlmodel import col
+
+from bench.bench_sms_kit import DEFAULT_DB, fresh_schema, machine, seed_campaign
+from campaigns import counters
+from campaigns.models import Message, ReceiptInbox, SmsSegment
+from campaigns.receipts import apply_inbox
+from gateways.config import GatewaysConfig, SmppGateway
+from loa.db import table_of, transaction
+from loa.timeutil import utcnow
+
+GATEWAYS = GatewaysConfig(
+    smpp=[SmppGateway(name="bench", host="127.0.0.1", port=2775, system_id="bench", password="pw")]  # type: ignore[arg-type]
+)
+
+
+def prepare(url: str, n: int) -> None:
+    engine = fresh_schema(url)
+    campaign_id = seed_campaign(engine, n)
+    now = utcnow()
+    with transaction(engine) as session:
+        # Every message accepted by the SMSC: status sent, one segment with a provider id.
+        session.execute(
+            text(
+                "UPDATE message SET status = 'sent', gateway = 'bench', submitted_at = :now,"
+                " provider_ids = upper(to_hex(id + 1000000)) WHERE campaign_id = :cid"
+            ),
+            {"now": now, "cid": campaign_id},
+        )
+        session.execute(
+            text(
+                "INSERT INTO sms_segment (message_id, gateway, seq, provider_id, submitted_at)"
+                " SELECT id, 'bench', 0, provider_ids, :now FROM message WHERE campaign_id = :cid"
+            ),
+            {"now": now, "cid": campaign_id},
+        )
+        counters.reconcile(session, campaign_id)
+    with transaction(engine) as session:
+        ids = list(session.scalars(select(col(SmsSegment.provider_id))))
+    for start in range(0, len(ids), 20_000):
+        rows = [
+            {
+                "gateway": "bench",
+                "provider_id": pid,
+                "state": "delivered",
+                "raw_stat": "DELIVRD",
+                "err": "000",
+                "received_at": now,
+                "attempts": 0,
+            }
+            for pid in ids[start : start + 20_000]
+        ]
+        with transaction(engine) as session:
+            session.execute(insert(table_of(ReceiptInbox)), rows)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
+    engine.dispose()
+
+
+def run(url: str, limit: int) -> tuple[int, float]:
+    from loa.db import make_engine
+
+    engine = make_engine(url)
+    applied = 0
+    start = time.perf_counter()
+    while True:
+        with transaction(engine) as session:
+            done, _parked = apply_inbox(session, GATEWAYS, limit=limit)
+        if not done:
+            break
+        applied += done
+    elapsed = time.perf_counter() - start
+    with engine.connect() as conn:
+        delivered = conn.scalar(select(func.count()).where(col(Message.status) == "delivered"))
+    assert delivered == applied, f"{delivered} delivered for {applied} applied"
+    engine.dispose()
+    return applied, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--receipts", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--database-url", default=DEFAULT_DB)
+    args = parser.parse_args()
+    print(f"machine: {machine()}; {args.receipts} receipts, batches of {args.batch}")
+    prepare(args.database_url, args.receipts)
+    applied, elapsed = run(args.database_url, args.batch)
+    print(f"applied {applied} receipts in {elapsed:.2f}s: {applied / elapsed:,.0f} receipts/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Set-based SQL helpers for the hot paths (dispatch, send outcomes, receipts), each with a
+portable fallback for SQLite.
+
+- `any_of(column, values)`: `column = ANY(:array)` on Postgres, one parameter however many
+  values, so the statement compiles once and is cached; `IN (...)` elsewhere.
+- `insert_rows(session, table, rows)`: COPY on Postgres (timeline events and segments are written
+  per message, thousands per second); a Core executemany elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from psycopg.types.json import Json
+from sqlalchemy import JSON, BigInteger, ColumnElement, String, Table, any_, bindparam, insert
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlmodel import Session
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def any_of(session: Session, column: Any, values: Sequence[Any], *, text: bool = False) -> ColumnElement[bool]:
+    """`column IN values`, as one array parameter on Postgres (integers, or text with `text`)."""
+    if is_postgres(session):
+        kind: ARRAY[Any] = ARRAY(String) if text else ARRAY(BigInteger)
+        # Named after the column (stable: the compiled statement is cached across batches).
+        param: Any = bindparam(f"any_{column.key}", list(values), type_=kind)
+        return column == any_(param)  # type: ignore[no-any-return]
+    return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert plain rows (dicts keyed by column name, all with the same keys)."""
+    if not rows:
+        return
+    if not is_postgres(session):
+        session.execute(insert(table), list(rows))
+        return
+    columns = list(rows[0])
+    json_columns = {name for name in columns if isinstance(table.c[name].type, JSON)}
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])

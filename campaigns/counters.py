@@ -1,0 +1,209 @@
+"""Live campaign counters, the write side: counts by status, gateway, carrier, error code and
+chosen recipient fields, sent and delivered per minute, and a few sums — without recounting the
+messages (the cells are defined in `campaigns.counter_cells`).
+
+A write site that changes messages takes a `snapshot` of their rows (locked on Postgres, so
+nothing else changes them meanwhile), makes its changes, then `apply_changes` reads the rows
+again and appends the difference of their contributions to the `campaign_counter` journal: one
+row per changed cell per batch, never one hot row per message. A set-based update of many rows
+(cancel, deadline expiry) calls `bulk_changed`, and an import `reconcile`: one exact recount.
+
+The same pass feeds `message.status` webhooks (the `message_change` table) for organisations that
+asked for them, and the Prometheus metrics of status changes, counted once the transaction
+commits. `reconcile`, `compact` and the state helpers live in `campaigns.tally` and are named
+here too, so write sites need one module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, cast, event, func, insert, literal, select
+from sqlmodel import Session, col
+
+from campaigns.counter_cells import (
+    FIELD,
+    GATEWAY,
+    MESSAGE_EVENTS,
+    RECEIPT_FINAL,
+    CampaignInfo,
+    Cell,
+    MessageState,
+    append,
+    campaign_info,
+    contribution,
+    read_states,
+)
+from campaigns.models import Message, MessageStatus
+from campaigns.report_models import MessageChange
+from campaigns.tally import compact, forget, reconcile, state_of, upsert_state
+from loa import metrics
+from loa.db import table_of
+from loa.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FIELD",
+    "GATEWAY",
+    "MESSAGE_EVENTS",
+    "Snapshot",
+    "apply_changes",
+    "bulk_changed",
+    "compact",
+    "forget",
+    "reconcile",
+    "snapshot",
+    "snapshot_where",
+    "state_of",
+    "upsert_state",
+]
+
+
+@dataclass
+class Snapshot:
+    ids: list[int]
+    states: dict[int, MessageState]
+    campaigns: dict[str, CampaignInfo]
+
+
+def snapshot(session: Session, ids: Iterable[int], *, was: MessageStatus | None = None) -> Snapshot:
+    """The counted state of these messages before a change (rows locked on Postgres). `was`:
+    the rows already moved from this status in this transaction (a claim that returned them)."""
+    id_list = sorted({int(i) for i in ids})
+    states, info = read_states(session, id_list, None, lock=True)
+    if was is not None:
+        states = {mid: _with_status(s, was.value) for mid, s in states.items()}
+    return Snapshot(id_list, states, info)
+
+
+def snapshot_where(session: Session, *criteria: ColumnElement[bool]) -> Snapshot:
+    """`snapshot` of the messages matching a condition (for set-based updates of a few rows).
+    A row that starts to match between this and the update is not counted by it; the next
+    reconciliation (the campaign's end at the latest) corrects that."""
+    ids = [int(i) for i in session.scalars(select(col(Message.id)).where(*criteria)) if i is not None]
+    return snapshot(session, ids)
+
+
+def _with_status(s: MessageState, status: str) -> MessageState:
+    return MessageState(**{**s.__dict__, "status": status})
+
+
+def apply_changes(session: Session, before: Snapshot) -> int:
+    """Append the counter deltas of what changed since `before`; returns messages changed."""
+    after, _ = read_states(session, before.ids, before.campaigns, lock=False)
+    deltas: dict[str, dict[Cell, int]] = defaultdict(lambda: defaultdict(int))
+    changes: list[dict[str, Any]] = []
+    now = utcnow()
+    changed = 0
+    for mid in before.ids:
+        old, new = before.states.get(mid), after.get(mid)
+        if old == new:
+            continue
+        changed += 1
+        cid = (new or old).campaign_id  # type: ignore[union-attr]
+        info = before.campaigns.get(cid)
+        names = info.fields if info else ()
+        d = deltas[cid]
+        if old is not None:
+            for cell, n in contribution(old, names).items():
+                d[cell] -= n
+        if new is not None:
+            for cell, n in contribution(new, names).items():
+                d[cell] += n
+        if new is not None and (old is None or old.status != new.status):
+            _observe(session, info, old, new, now)
+            if info is not None and info.feed:
+                changes.append(
+                    {
+                        "org_id": info.org_id,
+                        "campaign_id": cid,
+                        "message_id": mid,
+                        "to": new.to,
+                        "status": new.status,
+                        "error_code": new.error,
+                        "at": now,
+                    }
+                )
+    append(session, deltas)
+    if changes:
+        session.execute(insert(table_of(MessageChange)), changes)
+    return changed
+
+
+def bulk_changed(session: Session, campaign_id: str, *changed: ColumnElement[bool]) -> None:
+    """After a set-based update of a campaign's messages (cancel, deadline expiry; maybe millions
+    of rows), matched now by `changed`: feed their new status to `message.status` webhooks and
+    count them with one exact recount instead of row by row."""
+    info = campaign_info(session, [campaign_id]).get(campaign_id)
+    if info is None:
+        return
+    now = utcnow()
+    if info.feed:
+        rows = select(
+            literal(info.org_id),
+            literal(campaign_id),
+            col(Message.id),
+            col(Message.to),
+            cast(col(Message.status), String),
+            col(Message.error_code),
+            literal(now, type_=table_of(MessageChange).c.at.type),
+        ).where(col(Message.campaign_id) == campaign_id, *changed)
+        columns = ["org_id", "campaign_id", "message_id", "to", "status", "error_code", "at"]
+        session.execute(insert(MessageChange).from_select(columns, rows))
+    pending: list[tuple[str, tuple[str, ...], float]] = _pending_metrics(session)
+    for gateway, status, n in session.execute(
+        select(col(Message.gateway), cast(col(Message.status), String), func.count())
+        .where(col(Message.campaign_id) == campaign_id, *changed)
+        .group_by(col(Message.gateway), col(Message.status))
+    ):
+        pending.append(("transitions", (info.channel, gateway or "", str(status)), float(n)))
+    reconcile(session, campaign_id)
+
+
+def _observe(
+    session: Session, info: CampaignInfo | None, old: MessageState | None, new: MessageState, now: datetime
+) -> None:
+    """Metrics of a status change, counted once the transaction commits (a rollback counts none)."""
+    pending = _pending_metrics(session)
+    channel = info.channel if info else ""
+    gateway = new.gateway or ""
+    pending.append(("transitions", (channel, gateway, new.status), 1.0))
+    if new.status == MessageStatus.SENT.value and gateway:
+        pending.append(("segments", (gateway,), float(new.segments or 1)))
+    if (
+        old is not None
+        and old.status == MessageStatus.SENT.value
+        and new.status in RECEIPT_FINAL
+        and new.submitted_at is not None
+    ):
+        pending.append(("receipt_latency", (gateway,), (now - new.submitted_at).total_seconds()))
+
+
+def _pending_metrics(session: Session) -> list[tuple[str, tuple[str, ...], float]]:
+    pending: list[tuple[str, tuple[str, ...], float]] = session.info.setdefault("loa.metrics", [])
+    if not session.info.get("loa.metrics.hooked"):
+        event.listen(session, "after_commit", _flush_metrics)
+        event.listen(session, "after_rollback", lambda s: s.info.pop("loa.metrics", None))
+        session.info["loa.metrics.hooked"] = True
+    return pending
+
+
+def _flush_metrics(session: Session) -> None:
+    pending = session.info.pop("loa.metrics", None)
+    if not pending:
+        return
+    try:
+        m = metrics.get()
+        for name, labels, value in pending:
+            if name == "receipt_latency":
+                m.receipt_latency.labels(*labels).observe(max(0.0, value))
+            else:
+                getattr(m, name).labels(*labels).inc(value)
+    except Exception:  # the data is committed: a metrics failure must not look like a failed write
+        log.exception("metrics not recorded")

@@ -1,0 +1,110 @@
+"""The send journal in real Redis and its recovery on the real database: after a worker died, what
+the SMSC accepted is recorded as sent, what was about to go is resent as ambiguous, and what was
+never about to go is re-queued plainly (not counted). Journals of live batches are left alone."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import redis
+from sqlalchemy import Engine, select, update
+from sqlmodel import col
+
+from campaigns.models import Message, SmsSegment
+from campaigns.scheduling import sweep_expired_leases
+from campaigns.sending import begin_submit
+from loa.db import transaction
+from loa.timeutil import utcnow
+from tests.workers.wave_kit import seed_campaign
+from workers.sms_journal import SendJournal, journal_key, recover_journals
+
+
+def claimed(engine: Engine, n: int, claim: str, *, lease_s: float) -> list[int]:
+    """n messages claimed by `claim` and marked in flight, as a send task leaves them."""
+    cid = seed_campaign(engine, n, tag=claim)
+    with transaction(engine) as session:
+        ids = sorted(
+            int(i or 0) for i in session.scalars(select(col(Message.id)).where(col(Message.campaign_id) == cid))
+        )
+        session.execute(
+            update(Message).where(col(Message.id).in_(ids)).values(status="dispatching", claim=claim, gateway="gw")
+        )
+        begin_submit(session, ids, claim, 60)
+        session.execute(
+            update(Message).where(col(Message.id).in_(ids)).values(lease_until=utcnow() + timedelta(seconds=lease_s))
+        )
+    return ids
+
+
+def rows(engine: Engine, ids: list[int]) -> dict[int, tuple[str, int, str | None]]:
+    with engine.connect() as conn:
+        result = conn.execute(
+            select(
+                col(Message.id), col(Message.status), col(Message.ambiguous_resends), col(Message.provider_ids)
+            ).where(col(Message.id).in_(ids))
+        )
+        return {int(i): (str(getattr(s, "value", s)), int(a), p) for i, s, a, p in result}
+
+
+def test_recovery_records_the_accepted_resends_the_maybe_sent_and_requeues_the_rest(
+    db: Engine, redis_client: redis.Redis[bytes]
+) -> None:
+    ids = claimed(db, 30, "deadbeef", lease_s=-5)  # its lease already ran out: the worker died
+    journal = SendJournal(redis_client, ttl_s=600)
+    key = journal_key("gw", "deadbeef")
+    journal.open(key)
+    journal.intend(key, ids[:10])
+    journal.intend(key, ids[10:20])
+    for mid in ids[:8]:
+        journal.accepted(key, mid, 0, 1, f"P{mid}")
+    journal.accepted(key, ids[8], 0, 2, "HALF")  # one segment of two: maybe sent
+    journal.wait_backlog(1)
+    journal.close()
+
+    totals = recover_journals(redis_client, db, max_attempts=5, idle_s=0)
+    assert totals == {"sent": 8, "ambiguous": 12, "unsent": 10}
+    assert not redis_client.exists(key)
+    with transaction(db) as session:
+        swept = sweep_expired_leases(session, max_attempts=5)
+    assert swept == {"requeued": 10, "ambiguous": 12, "failed": 0}
+
+    after = rows(db, ids)
+    assert {mid: after[mid] for mid in ids[:8]} == {mid: ("sent", 0, f"P{mid}") for mid in ids[:8]}
+    assert {after[mid] for mid in ids[8:20]} == {("queued", 1, None)}
+    assert {after[mid] for mid in ids[20:]} == {("queued", 0, None)}
+    with db.connect() as conn:
+        segments = conn.execute(select(col(SmsSegment.message_id), col(SmsSegment.provider_id))).all()
+    assert sorted(segments) == sorted((mid, f"P{mid}") for mid in ids[:8])
+
+
+def test_journals_of_live_or_finished_batches_are_left_alone_or_dropped(
+    db: Engine, redis_client: redis.Redis[bytes]
+) -> None:
+    live = claimed(db, 5, "live0001", lease_s=60)
+    journal = SendJournal(redis_client, ttl_s=600)
+    live_key, done_key = journal_key("gw", "live0001"), journal_key("gw", "gone0001")
+    journal.open(live_key)
+    journal.intend(live_key, live)
+    journal.open(done_key)  # its batch finished (no row holds the claim) but the delete was lost
+    journal.close()
+
+    assert recover_journals(redis_client, db, max_attempts=5, idle_s=0) == {"sent": 0, "ambiguous": 0, "unsent": 0}
+    assert redis_client.exists(live_key)
+    assert not redis_client.exists(done_key)
+    assert {r[0] for r in rows(db, live).values()} == {"dispatching"}
+    # A journal written moments ago is not even looked at (a live batch writes at every group).
+    with transaction(db) as session:
+        session.execute(update(Message).where(col(Message.id).in_(live)).values(lease_until=utcnow()))
+    assert recover_journals(redis_client, db, max_attempts=5, idle_s=3600)["ambiguous"] == 0
+    assert redis_client.exists(live_key)
+
+
+def test_forget_waits_for_the_writer_then_deletes(redis_client: redis.Redis[bytes]) -> None:
+    journal = SendJournal(redis_client, ttl_s=600)
+    key = journal_key("gw", "c")
+    journal.open(key)
+    for i in range(500):
+        journal.accepted(key, i, 0, 1, "X")
+    journal.forget(key)
+    journal.close()
+    assert not redis_client.exists(key), "an acceptance written after the delete revived the journal"
