@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from psycopg.types.json import Json
-from sqlalchemy import JSON, BigInteger, ColumnElement, String, Table, any_, bindparam, insert
+from sqlalchemy import JSON, BigInteger, ColumnElement, String, Table, any_, bindparam, cast, insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session
 
@@ -27,9 +27,21 @@ def any_of(session: Session, column: Any, values: Sequence[Any], *, text: bool =
     if is_postgres(session):
         kind: ARRAY[Any] = ARRAY(String) if text else ARRAY(BigInteger)
         # Named after the column (stable: the compiled statement is cached across batches).
-        param: Any = bindparam(f"any_{column.key}", list(values), type_=kind)
-        return column == any_(param)  # type: ignore[no-any-return]
+        param: Any = bindparam(f"any_{column.key}", array_literal(values, text=text), type_=String)
+        return column == any_(cast(param, kind))  # type: ignore[no-any-return]
     return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def array_literal(values: Sequence[Any], *, text: bool = False) -> str:
+    """A Postgres array literal of integers (or quoted strings with `text`), sent as one string.
+
+    psycopg adapts a Python list element by element: 5,000 ids took 23 ms per statement here, the
+    literal 5 ms (strings 12.5 → 8 ms); a receipt batch sends about six such arrays."""
+    if text:
+        items = ('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    else:
+        items = (str(int(v)) for v in values)
+    return "{" + ",".join(items) + "}"
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

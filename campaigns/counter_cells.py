@@ -10,7 +10,7 @@ journal. `contribution` is the one definition of those cells; the exact recount 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, String, any_, bindparam, cast, exists, insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
 
+from campaigns.bulk import array_literal
 from campaigns.models import Campaign, Message
 from campaigns.report_models import CampaignCounter, ReportState, Webhook
 from loa.db import table_of
@@ -42,8 +43,11 @@ class CampaignInfo:
 
 @dataclass(frozen=True)
 class MessageState:
+    """What a message counts as. Equal states count in the same cells: the recipient (`to`, kept
+    for the status feed) is left out of comparisons, so a batch's changes group into a few kinds."""
+
     campaign_id: str
-    to: str
+    to: str = field(compare=False)
     status: str
     gateway: str | None
     carrier: str | None
@@ -105,7 +109,8 @@ def id_in(session: Session, column: Any, ids: Sequence[int]) -> Any:
     """`column IN ids`. On Postgres one array parameter (`= ANY(:ids)`): the statement compiles
     once and is cached, instead of expanding a parameter per id on every batch."""
     if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger)))
+        param = bindparam("ids", array_literal(ids), type_=String)  # see `array_literal`
+        return column == any_(cast(param, ARRAY(BigInteger)))
     return column.in_(list(ids))
 
 
@@ -159,7 +164,7 @@ def read_states(
     states: dict[int, MessageState] = {}
     for mid, cid, to, status, gateway, carrier, error, sub, dlv, segs, amb, norc in rows:
         names = info[cid].fields if cid in info else ()
-        fv = values.get(int(mid), {})
+        fv = values.get(int(mid), {}) if names else {}
         states[int(mid)] = MessageState(
             cid,
             str(to),

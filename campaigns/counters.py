@@ -17,8 +17,8 @@ here too, so write sites need one module.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,6 +54,7 @@ __all__ = [
     "MESSAGE_EVENTS",
     "Snapshot",
     "apply_changes",
+    "apply_states",
     "bulk_changed",
     "compact",
     "forget",
@@ -97,43 +98,53 @@ def _with_status(s: MessageState, status: str) -> MessageState:
 def apply_changes(session: Session, before: Snapshot) -> int:
     """Append the counter deltas of what changed since `before`; returns messages changed."""
     after, _ = read_states(session, before.ids, before.campaigns, lock=False)
-    deltas: dict[str, dict[Cell, int]] = defaultdict(lambda: defaultdict(int))
+    return apply_states(session, before, after)
+
+
+def apply_states(session: Session, before: Snapshot, after: Mapping[int, MessageState]) -> int:
+    """`apply_changes` for a writer that knows the rows' new states (`after`, by message id;
+    a missing id is a deleted row) without reading them again. A new state may be shared by
+    several messages: the recipient of a change is taken from `before`."""
+    kinds: Counter[tuple[MessageState | None, MessageState | None]] = Counter()
     changes: list[dict[str, Any]] = []
     now = utcnow()
-    changed = 0
     for mid in before.ids:
         old, new = before.states.get(mid), after.get(mid)
         if old == new:
             continue
-        changed += 1
-        cid = (new or old).campaign_id  # type: ignore[union-attr]
-        info = before.campaigns.get(cid)
-        names = info.fields if info else ()
-        d = deltas[cid]
-        if old is not None:
-            for cell, n in contribution(old, names).items():
-                d[cell] -= n
-        if new is not None:
-            for cell, n in contribution(new, names).items():
-                d[cell] += n
+        kinds[(old, new)] += 1  # equal states count alike (`to` aside): a batch has few kinds
         if new is not None and (old is None or old.status != new.status):
-            _observe(session, info, old, new, now)
+            info = before.campaigns.get(new.campaign_id)
             if info is not None and info.feed:
                 changes.append(
                     {
                         "org_id": info.org_id,
-                        "campaign_id": cid,
+                        "campaign_id": new.campaign_id,
                         "message_id": mid,
-                        "to": new.to,
+                        "to": new.to if old is None else old.to,
                         "status": new.status,
                         "error_code": new.error,
                         "at": now,
                     }
                 )
+    deltas: dict[str, dict[Cell, int]] = defaultdict(lambda: defaultdict(int))
+    for (old, new), n in kinds.items():
+        cid = (new or old).campaign_id  # type: ignore[union-attr]
+        info = before.campaigns.get(cid)
+        names = info.fields if info else ()
+        d = deltas[cid]
+        if old is not None:
+            for cell, k in contribution(old, names).items():
+                d[cell] -= k * n
+        if new is not None:
+            for cell, k in contribution(new, names).items():
+                d[cell] += k * n
+        if new is not None and (old is None or old.status != new.status):
+            _observe(session, info, old, new, now, n)
     append(session, deltas)
     if changes:
         session.execute(insert(table_of(MessageChange)), changes)
-    return changed
+    return sum(kinds.values())
 
 
 def bulk_changed(session: Session, campaign_id: str, *changed: ColumnElement[bool]) -> None:
@@ -167,22 +178,23 @@ def bulk_changed(session: Session, campaign_id: str, *changed: ColumnElement[boo
 
 
 def _observe(
-    session: Session, info: CampaignInfo | None, old: MessageState | None, new: MessageState, now: datetime
+    session: Session, info: CampaignInfo | None, old: MessageState | None, new: MessageState, now: datetime, n: int
 ) -> None:
-    """Metrics of a status change, counted once the transaction commits (a rollback counts none)."""
+    """Metrics of `n` alike status changes, counted once the transaction commits (a rollback
+    counts none)."""
     pending = _pending_metrics(session)
     channel = info.channel if info else ""
     gateway = new.gateway or ""
-    pending.append(("transitions", (channel, gateway, new.status), 1.0))
+    pending.append(("transitions", (channel, gateway, new.status), float(n)))
     if new.status == MessageStatus.SENT.value and gateway:
-        pending.append(("segments", (gateway,), float(new.segments or 1)))
+        pending.append(("segments", (gateway,), float((new.segments or 1) * n)))
     if (
         old is not None
         and old.status == MessageStatus.SENT.value
         and new.status in RECEIPT_FINAL
         and new.submitted_at is not None
     ):
-        pending.append(("receipt_latency", (gateway,), (now - new.submitted_at).total_seconds()))
+        pending.extend([("receipt_latency", (gateway,), (now - new.submitted_at).total_seconds())] * n)
 
 
 def _pending_metrics(session: Session) -> list[tuple[str, tuple[str, ...], float]]:
@@ -200,10 +212,18 @@ def _flush_metrics(session: Session) -> None:
         return
     try:
         m = metrics.get()
+        totals: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+        latencies: dict[tuple[str, ...], list[float]] = defaultdict(list)
         for name, labels, value in pending:
             if name == "receipt_latency":
-                m.receipt_latency.labels(*labels).observe(max(0.0, value))
+                latencies[labels].append(value)
             else:
-                getattr(m, name).labels(*labels).inc(value)
+                totals[(name, labels)] += value
+        for (name, labels), value in totals.items():
+            getattr(m, name).labels(*labels).inc(value)
+        for labels, values in latencies.items():
+            histogram = m.receipt_latency.labels(*labels)
+            for value in values:
+                histogram.observe(max(0.0, value))
     except Exception:  # the data is committed: a metrics failure must not look like a failed write
         log.exception("metrics not recorded")

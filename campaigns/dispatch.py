@@ -46,6 +46,10 @@ BACKLOG_SECONDS = 4.0
 # queue that takes longer to drain than the claim lease, or its rows are swept while still queued.
 BACKLOG_BATCHES_PER_BIND = 8
 NO_ROUTE = "no_route"
+# Campaign → the gateways its last claim in this process was routed to. A campaign whose gateways
+# all lack room is not claimed from (rows claimed only to be given back cost two updates each); if
+# its later rows go elsewhere they wait at most until one of those gateways has room again.
+_last_routes: dict[str, frozenset[str | None]] = {}
 _events = table_of(MessageEvent)  # COPY on Postgres: the ORM's bulk path costs far more per row
 _messages = table_of(Message)
 
@@ -179,16 +183,17 @@ def dispatch_pass(
     default_relay = gateways.default_relay()
     batches: list[Batch] = []
     for campaign in dispatchable_campaigns(session):
-        channel_room = sum(v for (ch, _), v in room.items() if ch is campaign.channel)
+        # Only gateways with room count: one over its cap must not eat another's room.
+        channel_room = sum(max(0, v) for (ch, _), v in room.items() if ch is campaign.channel)
         want = min(PRIORITY_WEIGHT[campaign.priority] * batch_size, channel_room)
-        if want <= 0:
+        routes = [g for g in _last_routes.get(campaign.id, ()) if g is not None]
+        if want <= 0 or (routes and all(room.get((campaign.channel, g), 0) <= 0 for g in routes)):
             continue
         token, rows = claim(session, campaign, want, lease_s)
         campaign.dispatch_turn += 1
         rows = hold_over_cap(session, campaign, token, rows)  # recipients at the org's frequency cap wait
         if not rows:
             continue
-        counted = counters.snapshot(session, (mid for mid, _, _ in rows), was=MessageStatus.QUEUED)
         by_gateway: dict[str | None, list[int]] = defaultdict(list)
         if campaign.channel is Channel.SMS:
             overrides = mnp_overrides(session, campaign.org_id, (to for _, to, _ in rows))
@@ -196,6 +201,13 @@ def dispatch_pass(
                 by_gateway[router.route(overrides.get(to, carrier))].append(mid)
         else:
             by_gateway[default_relay] = [mid for mid, _, _ in rows]
+        if len(_last_routes) > 10_000:  # campaigns come and go: keep this bounded
+            _last_routes.clear()
+        _last_routes[campaign.id] = frozenset(by_gateway)
+        by_gateway = _within_room(session, by_gateway, room, campaign.channel, batch_size)
+        if not by_gateway:
+            continue
+        counted = counters.snapshot(session, (i for ids in by_gateway.values() for i in ids), was=MessageStatus.QUEUED)
         for gateway, ids in by_gateway.items():
             if gateway is None:
                 _fail_unroutable(session, ids)
@@ -219,6 +231,36 @@ def dispatch_pass(
                 batches.append(Batch(campaign.channel, gateway, campaign.id, batch_claim, chunk))
         counters.apply_changes(session, counted)
     return batches
+
+
+def _within_room(
+    session: Session,
+    by_gateway: dict[str | None, list[int]],
+    room: dict[tuple[Channel, str], int],
+    channel: Channel,
+    batch_size: int,
+) -> dict[str | None, list[int]]:
+    """What each gateway's queue has room for (rounded up to whole batches); the rest of the claim
+    goes back to the queue untouched. Without this a campaign routed to a full gateway fills it
+    past its cap on another gateway's room, and that gateway starves."""
+    kept: dict[str | None, list[int]] = {}
+    back: list[int] = []
+    for gateway, ids in by_gateway.items():
+        left = room.get((channel, gateway)) if gateway is not None else None
+        if left is None:  # unroutable (failed below) or not a configured gateway: no cap to keep
+            kept[gateway] = ids
+            continue
+        n = 0 if left <= 0 else min(len(ids), -(-left // batch_size) * batch_size)
+        if n:
+            kept[gateway] = ids[:n]
+        back.extend(ids[n:])
+    if back:
+        session.execute(
+            update(_messages)
+            .where(any_of(session, _messages.c.id, back))
+            .values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None)
+        )
+    return kept
 
 
 def hand_over(session: Session, down: list[str]) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlmodel import Session, col
 
 from campaigns import counters
 from campaigns.bulk import any_of, insert_rows
+from campaigns.counter_cells import MessageState
 from campaigns.models import Campaign, Message, MessageEvent, MessageStatus, ReceiptInbox, Reply, SmsSegment
 from campaigns.recipients import mark_suppressed
 from gateways.config import DEFAULT_OPT_OUT, GatewaysConfig
@@ -196,8 +197,15 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
     wanted: dict[str, set[str]] = defaultdict(set)
     for rid, gateway, provider_id, *_ in receipts:
         candidates[rid] = receipt_id_candidates(provider_id, bases.get(gateway, "auto"))
-        wanted[gateway].update(candidates[rid])
+        wanted[gateway].update(candidates[rid][:1])
+    # The id as written first (nearly always the one stored); the other bases only for the rest.
     segments = _segments_named(session, wanted)
+    wanted.clear()
+    for rid, gateway, *_ in receipts:
+        if candidates[rid][:1] and (gateway, candidates[rid][0]) not in segments:
+            wanted[gateway].update(candidates[rid][1:])
+    if any(wanted.values()):
+        segments.update(_segments_named(session, wanted))
     now = utcnow()
     done: list[int] = []
     parked: list[int] = []
@@ -267,31 +275,37 @@ def _finish_messages(session: Session, message_ids: set[int], now: datetime) -> 
         select(_segments.c.message_id, _segments.c.status).where(any_of(session, _segments.c.message_id, ids))
     ):
         by_message[int(mid)].append(status)
-    expected = {
-        int(mid): int(n)
-        for mid, n in session.execute(
-            select(_messages.c.id, _messages.c.segments).where(any_of(session, _messages.c.id, ids))
-        )
-    }
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for mid, statuses in by_message.items():
-        if len(statuses) < expected.get(mid, 1) or any(s is None for s in statuses):
+        state = before.states.get(mid)
+        if len(statuses) < (state.segments if state else 1) or any(s is None for s in statuses):
             continue  # a segment is still waiting for its receipt
         final = worst_outcome(str(s).split(":", 1)[0] for s in statuses)
         err = next((str(s).split(":", 1)[1] for s in statuses if s and ":" in s), None)
         groups[(final, err)].append(mid)
+    after = dict(before.states)
     for (final, err), mids in groups.items():
         values: dict[str, Any] = {"status": final, "updated_at": now, "secrets": None}
         if final == MessageStatus.DELIVERED.value:
             values["delivered_at"] = now
+            counted: dict[str, Any] = {"status": final, "delivered_at": now}
         else:
             values |= {"error_code": f"err:{err}" if err else final, "error_text": f"receipt {final}"}
-        session.execute(
+            counted = {"status": final, "error": values["error_code"]}
+        changed = session.execute(
             update(_messages)
             .where(any_of(session, _messages.c.id, mids), _messages.c.status.in_(_RECEIPT_FROM))
             .values(**values)
-        )
-    counters.apply_changes(session, before)
+            .returning(_messages.c.id)
+        ).scalars()
+        # The rows are locked since the snapshot: their new states are the old ones plus these
+        # values, made once per kind of state (`apply_states` takes each recipient from `before`).
+        made: dict[MessageState, MessageState] = {}
+        for mid in changed:
+            old = before.states[mid]
+            new = made.get(old)
+            after[mid] = new if new is not None else made.setdefault(old, replace(old, **counted))
+    counters.apply_states(session, before, after)
 
 
 def parked_counts(session: Session, older_than: timedelta = PARKED_REPORT_AFTER) -> dict[str, int]:

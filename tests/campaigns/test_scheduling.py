@@ -11,11 +11,12 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlmodel import col
 
+from campaigns import counters
 from campaigns.dispatch import Batch, Router, dispatch_pass
-from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus
+from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus, Priority
 from campaigns.scheduling import complete_finished, sweep_expired_leases, tick
 from campaigns.sending import Outcome, begin_submit, record
-from gateways.config import builtin_gateways
+from gateways.config import GatewaysConfig, builtin_gateways
 from loa.db import transaction
 from loa.timeutil import utcnow
 from tests.workers.wave_kit import campaign_row, counts, seed_campaign, set_campaign
@@ -80,6 +81,39 @@ def test_outside_its_window_a_campaign_stays_running_and_is_not_dispatched(db: E
     assert run_tick(db)["windows"] == 1
     assert campaign_row(db, cid).waiting_for_window is False
     assert sum(len(b.ids) for b in dispatch(db)) == 10
+
+
+def test_a_gateway_at_its_backlog_cap_takes_no_room_from_another(db: Engine) -> None:
+    # Backlog caps with batches of 10: 4 s of TPS (at least 2 batches), "slow" 20 and "fast" 40.
+    common: dict[str, Any] = {"host": "127.0.0.1", "port": 2775, "binds": 1}
+    gateways = GatewaysConfig.model_validate(
+        {
+            "smpp": [
+                {**common, "name": "slow", "system_id": "s", "password": "p", "tps": 5, "carriers": ["Viettel"]},
+                {**common, "name": "fast", "system_id": "f", "password": "p", "tps": 10, "carriers": ["Vinaphone"]},
+            ]
+        }
+    )
+    slow = running(db, 100, tag="s", priority=Priority.HIGH)  # first in every pass, wants 40 a pass
+    fast = running(db, 100, tag="f", prefix="+8491", carrier="Vinaphone")
+    with transaction(db) as session:  # the kit seeds without counting: start from exact counters
+        counters.reconcile(session, slow)
+        counters.reconcile(session, fast)
+    for _ in range(3):
+        with transaction(db) as session:
+            dispatch_pass(session, gateways, Router(gateways), batch_size=10, lease_s=60)
+    # Before, "slow" was filled past its cap on the room of "fast", which then got nothing.
+    assert counts(db, slow) == {"dispatching": 20, "queued": 80}
+    assert counts(db, fast) == {"dispatching": 40, "queued": 60}
+    back = [m for m in rows(db, slow) if m.status is MessageStatus.QUEUED]
+    assert all(m.claim is None and m.lease_until is None and m.gateway is None for m in back)
+    with transaction(db) as session:
+        dispatched = set(
+            session.scalars(select(col(MessageEvent.message_id)).where(col(MessageEvent.kind) == "dispatched"))
+        )
+        assert not dispatched & {m.id for m in back}
+        assert counters.reconcile(session, slow) == 0  # the live counters never saw the rows given back
+        assert counters.reconcile(session, fast) == 0
 
 
 def test_deadline_expires_what_is_queued_and_leaves_what_is_in_flight(db: Engine) -> None:
