@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint, text
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -72,6 +72,8 @@ PRIORITY_WEIGHT = {Priority.HIGH: 4, Priority.NORMAL: 2, Priority.LOW: 1}
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres needs 64 bits for billion-message waves.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+_DISPATCHING = text("status = 'dispatching'")
+_HAS_GATEWAY = text("gateway IS NOT NULL")
 
 
 def enum_column(enum: type[StrEnum], default: str | None = None, length: int = 16) -> Any:
@@ -138,13 +140,20 @@ class Message(SQLModel, table=True):
         # With `id` last, the dispatcher's claim (a campaign's queued rows in id order) is a range
         # scan of this index whatever share of the campaign is already sent (see migration 0003).
         Index("ix_message_campaign_status_id", "campaign_id", "status", "id"),
-        Index("ix_message_status_next", "status", "next_attempt_at"),
-        Index("ix_message_gateway_status", "gateway", "status"),
+        # Partial (migration 0004): a freshly imported message (queued, no gateway) is in neither,
+        # so an import does not maintain them. The queries that use them say `status =
+        # 'dispatching'` or name a gateway, which implies the predicate.
+        Index("ix_message_dispatching", "lease_until", postgresql_where=_DISPATCHING, sqlite_where=_DISPATCHING),
+        Index(
+            "ix_message_gateway_status", "gateway", "status", postgresql_where=_HAS_GATEWAY, sqlite_where=_HAS_GATEWAY
+        ),
         Index("ix_message_to", "to"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True, autoincrement=True))
-    campaign_id: str = Field(foreign_key="campaign.id", max_length=40)
+    # No foreign key (migration 0004): Postgres would check it with a query per imported row.
+    # Deleting a campaign deletes its messages (campaigns.service.delete_campaign).
+    campaign_id: str = Field(max_length=40)
     upload_id: str | None = Field(default=None, max_length=40)
     row: int | None = None
     to: str = Field(max_length=320)

@@ -217,3 +217,31 @@ def test_json_uploads_have_their_own_smaller_limit(small_limits: TestClient, db:
     assert "send larger lists as a CSV or XLSX file" in response.json()["error"]["message"]
     assert snapshot(db, campaign) == before
     assert recipients_routes.MAX_JSON_BYTES == 32 * 1024 * 1024
+
+
+def test_a_repeat_in_a_later_chunk_of_a_new_campaign_is_a_duplicate(
+    make_settings: Callable[..., Settings], db: Engine, written: list[int]
+) -> None:
+    # A new campaign's chunks go in without looking on Postgres: the repeats in the third and
+    # fifth chunks trip the unique constraint, and the chunks are moved again looking.
+    rows = numbers(500)
+    rows[250] = ["0900000007", "again, later"]
+    rows[260] = ["0900000255", "same chunk"]
+    rows[420] = ["0900000120", "again, two chunks on"]
+    with make_client(make_settings(), db) as client:
+        campaign = new_campaign(client)
+        response = post_file(client, campaign, "repeats.csv", csv_bytes([["phone", "ten"], *rows]))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["total_rows"], body["accepted"], body["duplicates"]) == (500, 497, 3)
+        assert written == [100, 100, 98, 100, 99]
+        with db.connect() as conn:
+            kept = dict(
+                conn.execute(
+                    text('SELECT "to", "row" FROM message WHERE campaign_id = :c AND "to" IN (:a, :b, :d)'),
+                    {"c": campaign, "a": "+84900000007", "b": "+84900000255", "d": "+84900000120"},
+                ).all()
+            )
+        # The first occurrence in the file is the one kept (spreadsheet rows: data row n is row n + 2).
+        assert kept == {"+84900000007": 9, "+84900000255": 257, "+84900000120": 122}
+        assert client.get(f"/v1/campaigns/{campaign}").json()["counts"]["total"] == 497
