@@ -28,7 +28,7 @@ from sqlalchemy import Engine, bindparam, select, text, update
 from sqlmodel import Session, col
 
 from campaigns import counters
-from campaigns.bulk import insert_rows
+from campaigns.bulk import any_of, insert_rows
 from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus, SmsSegment
 from campaigns.recipients import secret_aad
 from campaigns.templates import Rendered, render
@@ -121,7 +121,7 @@ def load_batch(
         select(
             col(Message.id), col(Message.to), col(Message.fields), col(Message.secrets), col(Message.attempts)
         ).where(
-            col(Message.id).in_(ids),
+            any_of(session, col(Message.id), ids),
             col(Message.claim) == claim,
             col(Message.status) == MessageStatus.DISPATCHING.value,
         )
@@ -156,7 +156,7 @@ def _validity(campaign: Campaign) -> datetime | None:
 def release(session: Session, ids: Iterable[int], claim: str) -> None:
     """Give claimed rows that were never submitted back to the queue (paused, window closed, halt)."""
     mine = (
-        col(Message.id).in_(list(ids)),
+        any_of(session, col(Message.id), list(ids)),
         col(Message.claim) == claim,
         col(Message.status) == MessageStatus.DISPATCHING.value,
     )
@@ -175,7 +175,7 @@ def begin_submit(session: Session, ids: Sequence[int], claim: str, lease_s: floa
     result = session.execute(
         update(Message)
         .where(
-            col(Message.id).in_(list(ids)),
+            any_of(session, col(Message.id), list(ids)),
             col(Message.claim).in_([claim, inflight_claim(claim)]),
             col(Message.status) == MessageStatus.DISPATCHING.value,
         )
@@ -300,7 +300,7 @@ def record(
     ids = sorted({o.message_id for o in outcomes})
     before = counters.snapshot(session, ids)  # live counters: what these rows count as now
     lock = select(col(Message.id), col(Message.status), col(Message.claim), col(Message.attempts)).where(
-        col(Message.id).in_(ids)
+        any_of(session, col(Message.id), ids)
     )
     if session.get_bind().dialect.name == "postgresql":
         lock = lock.order_by(col(Message.id)).with_for_update()  # one order: no deadlock between batches
@@ -388,6 +388,9 @@ class BatchLedger:
     retry: Retry = _no_retry
     counts: dict[str, int] = field(default_factory=dict)
     _renewed: float = field(default_factory=time.monotonic)
+    # Rows `begin` or `record` already handled: never back to the queue by `finish` (they are in
+    # flight, recorded, or no longer this claim's), so a batch that went out whole skips `release`.
+    _handled: set[int] = field(default_factory=set)
 
     def _run(self, fn: Callable[[Session], T]) -> T:
         def attempt() -> T:
@@ -408,6 +411,7 @@ class BatchLedger:
             return owned
 
         owned = self._run(step)
+        self._handled.update(ids)
         if renew:
             self._renewed = time.monotonic()
         if len(owned) < len(ids):
@@ -433,6 +437,7 @@ class BatchLedger:
                 ambiguous_policy=self.ambiguous_policy,
             )
         )
+        self._handled.update(o.message_id for o in outcomes)
         for kind, n in applied.items():
             self.counts[kind] = self.counts.get(kind, 0) + n
         return applied
@@ -450,9 +455,14 @@ class BatchLedger:
                 sent_status=self.sent_status,
                 ambiguous_policy=self.ambiguous_policy,
             )
-            release(session, ids, self.claim)
+            if unhandled:
+                release(session, unhandled, self.claim)
             return applied
 
+        handled = self._handled | {o.message_id for o in outcomes}
+        unhandled = [i for i in ids if i not in handled]
+        if not outcomes and not unhandled:
+            return dict(self.counts)
         for kind, n in self._run(step).items():
             self.counts[kind] = self.counts.get(kind, 0) + n
         return dict(self.counts)

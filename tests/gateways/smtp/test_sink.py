@@ -47,6 +47,51 @@ def test_received_mail_records_envelope_and_connection(sink: SmtpSink) -> None:
     assert sink.connections_opened == 1
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b".\r\n",
+        b"..two dots\r\n.\r\nend.\r\n",
+        # Far longer than aiosmtpd's 1001-octet reader limit, lines ending in dots, no CRLF at the end.
+        b"".join(b"line %d ends with a dot.\r\n.%d\r\n" % (i, i) for i in range(400)) + b"x" * 999,
+    ],
+    ids=["empty", "only-a-dot", "dots", "long"],
+)
+def test_data_arrives_exactly_as_sent(sink: SmtpSink, data: bytes) -> None:
+    # smtplib dot-stuffs and ends the data with CRLF; the sink must give back the original.
+    with smtplib.SMTP("127.0.0.1", sink.port, local_hostname="gso.gov.vn") as client:
+        client.sendmail("a@gso.gov.vn", ["b@example.vn"], data)
+        client.sendmail("a@gso.gov.vn", ["c@example.vn"], MESSAGE)  # the session is still in step
+
+    first, second = sink.received
+    expected = data if data.endswith(b"\r\n") else data + b"\r\n"
+    assert first.data == expected
+    assert second.data == MESSAGE
+
+
+def test_unusual_addresses_and_too_much_data() -> None:
+    with SmtpSink(SinkConfig(port=0)) as small:
+        with smtplib.SMTP("127.0.0.1", small.port, local_hostname="gso.gov.vn") as client:
+            client.ehlo()
+            # A quoted local part and a comment after the address go through aiosmtpd's parser.
+            assert client.docmd('MAIL FROM:<"a b"@gso.gov.vn> (bounces)')[0] == 250
+            assert client.docmd("RCPT TO:<x@example.vn>")[0] == 250
+            assert client.docmd("RSET")[0] == 250
+            client.sendmail("a@gso.gov.vn", ["b@example.vn"], b"x" * 100)
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@gso.gov.vn", ["b@example.vn"], b"y" * 1002 + b"\r\n")
+            assert refused.value.smtp_code == 500  # a line over 1,000 octets
+            for session in list(small._sessions):
+                session.data_size_limit = 64
+            client.mail("a@gso.gov.vn")  # no SIZE, which would be refused at MAIL already
+            client.rcpt("b@example.vn")
+            assert client.data(b"y\r\n" * 100)[0] == 552
+            client.sendmail("a@gso.gov.vn", ["c@example.vn"], b"ok\r\n")  # still in step after the refusals
+
+        assert [m.rcpt_tos for m in small.received] == [["b@example.vn"], ["c@example.vn"]]
+
+
 def test_store_false_only_counts() -> None:
     with SmtpSink(SinkConfig(port=0, store=False)) as counting:
         assert send(counting, ["a@example.vn", "b@example.vn"]) == [Outcome.SENT, Outcome.SENT]
