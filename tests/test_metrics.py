@@ -93,7 +93,9 @@ def test_limiter_waits_are_observed(redis_client: Any) -> None:
     before, waited = count(), total()
     for _ in range(3):
         assert limiter.acquire_many([("sms:test", 10.0)])
-    assert count() == before + 2  # 3 slots at 10/s: the first is free, the others wait ~0.1 s each
+    # 3 slots at 10/s: the first is free, the others wait ~0.1 s each. On a loaded machine the first
+    # may also wait (only waits of 1 ms or more are observed), hence the range.
+    assert before + 2 <= count() <= before + 3
     assert total() - waited > 0.1
     campaigns = REGISTRY.get_sample_value("loa_limiter_wait_seconds_count", {"key": "campaign"}) or 0.0
     metrics.observe_wait("campaign:cmp_x", 0.5)  # every campaign cap shares one label
