@@ -251,10 +251,9 @@ def _report(client: httpx.Client, console: Console, ids: dict[str, str], sink_st
             carriers = Table(title="SMS by carrier")
             for col in ("carrier", "gateway", "total", "delivered", "failed"):
                 carriers.add_column(col)
-            gateway_of = _gateways_by_carrier(client, cid)
             for carrier, n in sorted(c["stats"]["by_carrier"].items()):
                 carriers.add_row(
-                    carrier, gateway_of.get(carrier, ""), str(n["total"]), str(n["delivered"]), str(n["failed"])
+                    carrier, _gateway_of(client, cid, carrier), str(n["total"]), str(n["delivered"]), str(n["failed"])
                 )
             console.print(carriers)
             console.print(f"segments {c['stats']['segments']}, ambiguous resends {c['stats']['ambiguous_resends']}")
@@ -289,6 +288,7 @@ def _check_sink(console: Console, stats_file: Path, sent: int) -> bool:
     return match
 
 
-def _gateways_by_carrier(client: httpx.Client, cid: str) -> dict[str, str]:
-    page = _check(client.get(f"/v1/campaigns/{cid}/messages", params={"limit": 1000}))
-    return {m["carrier"]: m["gateway"] for m in page["items"] if m["carrier"] and m["gateway"]}
+def _gateway_of(client: httpx.Client, cid: str, carrier: str) -> str:
+    """The gateway one of the carrier's messages went through (routing is per carrier here)."""
+    page = _check(client.get(f"/v1/campaigns/{cid}/messages", params={"carrier": carrier, "limit": 1}))
+    return str(page["items"][0]["gateway"] or "") if page["items"] else ""
