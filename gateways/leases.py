@@ -53,14 +53,15 @@ end
 return -1
 """
 
-_RENEW_LUA = """
+# Renew / release a key only while it still names its owner (also used by the scheduler lock).
+RENEW_IF_OWNER_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
 
-_RELEASE_LUA = """
+RELEASE_IF_OWNER_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -87,8 +88,8 @@ class LeaseManager:
         self._prefix = prefix
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._acquire = redis.register_script(_ACQUIRE_LUA)
-        self._renew = redis.register_script(_RENEW_LUA)
-        self._release = redis.register_script(_RELEASE_LUA)
+        self._renew = redis.register_script(RENEW_IF_OWNER_LUA)
+        self._release = redis.register_script(RELEASE_IF_OWNER_LUA)
 
     def key(self, resource: str, slot: int) -> str:
         return f"{self._prefix}{resource}:{slot}"

@@ -23,6 +23,7 @@ from celery import Celery
 from celery.beat import Scheduler
 from celery.worker.consumer import Consumer
 
+from gateways.leases import RELEASE_IF_OWNER_LUA, RENEW_IF_OWNER_LUA
 from workers.queues import DISPATCH_QUEUE, RECEIPTS_QUEUE
 
 log = logging.getLogger(__name__)
@@ -44,21 +45,6 @@ TICK_EXPIRES_S = 30
 LEADER_KEY = "loa:scheduler:leader"
 LEADER_TTL_S = 10.0
 REDIS_URL_CONF = "loa_redis_url"
-
-# Renew the lease only if the key still names us (a lease that expired and went to another
-# scheduler must not be taken back by a late renew).
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 app = Celery("loa", include=["workers.tasks", "workers.report_tasks", "workers.webhook_tasks"])
 
@@ -136,8 +122,10 @@ class LeaderLease:
         self._held = False
         self._checked = False
         self._renewed_at = 0.0
-        self._renew = client.register_script(_RENEW_LUA)
-        self._release = client.register_script(_RELEASE_LUA)
+        # Renewed and released only while the key still names us: a lease that expired and went to
+        # another scheduler must not be taken back by a late renew.
+        self._renew = client.register_script(RENEW_IF_OWNER_LUA)
+        self._release = client.register_script(RELEASE_IF_OWNER_LUA)
 
     def is_leader(self) -> bool:
         now = time.monotonic()

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
+from sqlmodel import Session
 
-from api.deps import AnyRole, Sender, SessionDep, StateDep
+from api.deps import AnyRole, Caller, Sender, SessionDep, StateDep
 from api.enqueue import after_commit_dispatch, set_halt_flag
+from api.state import AppState
 from api.views import campaign_view, encode_cursor, time_id_cursor
 from campaigns import launching, repository, service
 from campaigns.lifecycle import Action
@@ -94,28 +96,29 @@ def launch(campaign_id: str, caller: Sender, session: SessionDep, state: StateDe
     return after_commit_dispatch(session, state, campaign)
 
 
+def _act(
+    campaign_id: str, caller: Caller, session: Session, state: AppState, action: Action, halt: bool
+) -> dict[str, Any]:
+    """Pause, resume and cancel: one transition, then the workers' halt flag, then a dispatch kick."""
+    campaign = repository.get_campaign(session, caller.org.id, campaign_id, for_update=True)
+    launching.transition(session, campaign, action, caller.key)
+    set_halt_flag(state, campaign.id, halt)
+    return after_commit_dispatch(session, state, campaign)
+
+
 @router.post("/{campaign_id}/pause", summary="Pause: no new submits within seconds")
 def pause(campaign_id: str, caller: Sender, session: SessionDep, state: StateDep) -> dict[str, Any]:
-    campaign = repository.get_campaign(session, caller.org.id, campaign_id, for_update=True)
-    launching.transition(session, campaign, Action.PAUSE, caller.key)
-    set_halt_flag(state, campaign.id, True)
-    return after_commit_dispatch(session, state, campaign)
+    return _act(campaign_id, caller, session, state, Action.PAUSE, halt=True)
 
 
 @router.post("/{campaign_id}/resume", summary="Resume where it stopped (scheduled again if start_at is ahead)")
 def resume(campaign_id: str, caller: Sender, session: SessionDep, state: StateDep) -> dict[str, Any]:
-    campaign = repository.get_campaign(session, caller.org.id, campaign_id, for_update=True)
-    launching.transition(session, campaign, Action.RESUME, caller.key)
-    set_halt_flag(state, campaign.id, False)
-    return after_commit_dispatch(session, state, campaign)
+    return _act(campaign_id, caller, session, state, Action.RESUME, halt=False)
 
 
 @router.post("/{campaign_id}/cancel", summary="Cancel: every message not sent yet becomes cancelled")
 def cancel(campaign_id: str, caller: Sender, session: SessionDep, state: StateDep) -> dict[str, Any]:
-    campaign = repository.get_campaign(session, caller.org.id, campaign_id, for_update=True)
-    launching.transition(session, campaign, Action.CANCEL, caller.key)
-    set_halt_flag(state, campaign.id, True)
-    return after_commit_dispatch(session, state, campaign)
+    return _act(campaign_id, caller, session, state, Action.CANCEL, halt=True)
 
 
 @router.get("/{campaign_id}/preview", summary="Rendered samples (secrets masked) with encoding and segments")
