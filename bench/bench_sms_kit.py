@@ -159,9 +159,16 @@ def status_counts(engine: Engine, campaign_id: str) -> dict[str, int]:
         return {str(getattr(s, "value", s)): int(c) for s, c in rows}
 
 
-def pending(engine: Engine, campaign_id: str) -> int:
-    c = status_counts(engine, campaign_id)
-    return sum(c.get(s, 0) for s in PENDING)
+def pending(engine: Engine, campaign_id: str) -> bool:
+    """Whether any message is still queued or dispatching: one probe of the (campaign, status)
+    index, not a count of the whole campaign, so polling takes no CPU from what is measured."""
+    with engine.connect() as conn:
+        probe = (
+            select(col(Message.id))
+            .where(col(Message.campaign_id) == campaign_id, col(Message.status).in_(PENDING))
+            .limit(1)
+        )
+        return conn.execute(probe).first() is not None
 
 
 @dataclass

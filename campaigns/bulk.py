@@ -15,7 +15,23 @@ from typing import Any
 from psycopg.types.json import Json
 from sqlalchemy import JSON, BigInteger, ColumnElement, String, Table, any_, bindparam, cast, insert
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import UserDefinedType
 from sqlmodel import Session
+
+
+class _ArrayText(UserDefinedType[str]):
+    """An array literal bound as a string *without* a bind cast.
+
+    SQLAlchemy's psycopg dialect renders a String parameter as `$1::VARCHAR`, and
+    `CAST($1::VARCHAR AS BIGINT[])` is a run-time coercion the planner cannot see through: it
+    guessed a third of the table, chose a sequential scan and tested `= ANY` row by row (826 ms
+    for 800 ids against 20,000 segments). psycopg sends a str with the unknown type, so
+    `CAST($1 AS BIGINT[])` types the parameter itself as an array, a constant the planner uses."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "TEXT"
 
 
 def is_postgres(session: Session) -> bool:
@@ -27,7 +43,7 @@ def any_of(session: Session, column: Any, values: Sequence[Any], *, text: bool =
     if is_postgres(session):
         kind: ARRAY[Any] = ARRAY(String) if text else ARRAY(BigInteger)
         # Named after the column (stable: the compiled statement is cached across batches).
-        param: Any = bindparam(f"any_{column.key}", array_literal(values, text=text), type_=String)
+        param: Any = bindparam(f"any_{column.key}", array_literal(values, text=text), type_=_ArrayText())
         return column == any_(cast(param, kind))  # type: ignore[no-any-return]
     return column.in_(list(values))  # type: ignore[no-any-return]
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, String, any_, bindparam, cast, exists, insert, select
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import String, cast, exists, insert, select
 from sqlmodel import Session, col
 
-from campaigns.bulk import array_literal
+from campaigns.bulk import any_of
 from campaigns.models import Campaign, Message
 from campaigns.report_models import CampaignCounter, ReportState, Webhook
 from loa.db import table_of
@@ -105,15 +104,6 @@ _COLUMNS = (
 )
 
 
-def id_in(session: Session, column: Any, ids: Sequence[int]) -> Any:
-    """`column IN ids`. On Postgres one array parameter (`= ANY(:ids)`): the statement compiles
-    once and is cached, instead of expanding a parameter per id on every batch."""
-    if session.get_bind().dialect.name == "postgresql":
-        param = bindparam("ids", array_literal(ids), type_=String)  # see `array_literal`
-        return column == any_(cast(param, ARRAY(BigInteger)))
-    return column.in_(list(ids))
-
-
 def field_text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -147,7 +137,7 @@ def read_states(
 ) -> tuple[dict[int, MessageState], dict[str, CampaignInfo]]:
     if not ids:
         return {}, dict(campaigns or {})
-    stmt = select(*_COLUMNS).where(id_in(session, _MESSAGES.c.id, ids)).order_by(_MESSAGES.c.id)
+    stmt = select(*_COLUMNS).where(any_of(session, _MESSAGES.c.id, ids)).order_by(_MESSAGES.c.id)
     if lock and session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()  # in id order: writers that lock batches cannot deadlock
     rows = session.execute(stmt).all()
@@ -157,7 +147,7 @@ def read_states(
     if any(r[1] in wanted for r in rows):
         for mid, fields in session.execute(
             select(_MESSAGES.c.id, _MESSAGES.c.fields).where(
-                id_in(session, _MESSAGES.c.id, [r[0] for r in rows if r[1] in wanted])
+                any_of(session, _MESSAGES.c.id, [r[0] for r in rows if r[1] in wanted])
             )
         ):
             values[int(mid)] = fields or {}

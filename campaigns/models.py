@@ -184,7 +184,7 @@ class Message(SQLModel, table=True):
 class MessageEvent(SQLModel, table=True):
     __tablename__ = "message_event"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True, autoincrement=True))
     message_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     at: datetime = Field(default_factory=utcnow)
     kind: str = Field(max_length=32)
@@ -197,7 +197,7 @@ class SmsSegment(SQLModel, table=True):
     __tablename__ = "sms_segment"
     __table_args__ = (UniqueConstraint("gateway", "provider_id", name="uq_sms_segment_gateway_provider_id"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True, autoincrement=True))
     message_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     gateway: str = Field(max_length=64)
     seq: int
@@ -210,9 +210,14 @@ class ReceiptInbox(SQLModel, table=True):
     """Receipts committed before deliver_sm_resp goes back; applied in batches, parked if early."""
 
     __tablename__ = "receipt_inbox"
-    __table_args__ = (Index("ix_receipt_inbox_gateway_provider", "gateway", "provider_id"),)
+    __table_args__ = (
+        Index("ix_receipt_inbox_gateway_provider", "gateway", "provider_id"),
+        # The applier reads fresh receipts first (migration 0005): a range scan, not a sort of
+        # the whole inbox each batch when a backlog of parked receipts builds up.
+        Index("ix_receipt_inbox_attempts_id", "attempts", "id"),
+    )
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True, autoincrement=True))
     gateway: str = Field(max_length=64)
     provider_id: str = Field(max_length=80)
     state: str = Field(max_length=16)

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlmodel import Session, col
 
 from campaigns import counters
-from campaigns.bulk import any_of, insert_rows
+from campaigns.bulk import any_of, array_literal, insert_rows, is_postgres
 from campaigns.counter_cells import MessageState
 from campaigns.models import Campaign, Message, MessageEvent, MessageStatus, ReceiptInbox, Reply, SmsSegment
 from campaigns.recipients import mark_suppressed
@@ -238,8 +238,8 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
             .values(status=status)
         )
     if new_status:
-        touched = {seg.message_id for seg in segments.values() if seg.id in new_status}
-        _finish_messages(session, touched, now)
+        settled = {seg.message_id: new_status[seg.id] for seg in segments.values() if seg.id in new_status}
+        _finish_messages(session, settled, now)
     insert_rows(session, _events, events)
     if done:
         session.execute(delete(_inbox).where(any_of(session, _inbox.c.id, done)))
@@ -255,26 +255,54 @@ def _segments_named(session: Session, wanted: dict[str, set[str]]) -> dict[tuple
     for gateway, ids in wanted.items():
         ordered = sorted(ids)
         for start in range(0, len(ordered), 10_000):  # SQLite caps bound parameters per statement
-            named = any_of(session, _segments.c.provider_id, ordered[start : start + 10_000], text=True)
-            rows = session.execute(
-                select(
-                    _segments.c.id, _segments.c.message_id, _segments.c.seq, _segments.c.provider_id, _segments.c.status
-                ).where(_segments.c.gateway == gateway, named)
-            )
-            for sid, mid, seq, pid, status in rows:
+            for sid, mid, seq, pid, status in _segment_rows(session, gateway, ordered[start : start + 10_000]):
                 found[(gateway, pid)] = _Segment(int(sid), int(mid), int(seq), str(pid), status)
     return found
 
 
-def _finish_messages(session: Session, message_ids: set[int], now: datetime) -> None:
-    """Messages whose segments all have a final status take the worst of them (bulk, per outcome)."""
-    before = counters.snapshot(session, message_ids)  # live counters: what these rows count as now
-    by_message: dict[int, list[str | None]] = defaultdict(list)
-    ids = sorted(message_ids)
-    for mid, status in session.execute(
-        select(_segments.c.message_id, _segments.c.status).where(any_of(session, _segments.c.message_id, ids))
-    ):
-        by_message[int(mid)].append(status)
+# One probe of the unique (gateway, provider_id) index per id. `provider_id = ANY(...)` left the
+# plan to the statistics, and a table that grows by millions of segments during a wave often has
+# none yet: Postgres then read every segment of the gateway into a hash (8-24 ms a batch, the
+# largest share of its CPU per message). The LIMIT keeps the subquery from being flattened.
+_SEGMENTS_BY_PROVIDER_ID = text(
+    "SELECT s.id, s.message_id, s.seq, s.provider_id, s.status"
+    " FROM unnest(CAST(:ids AS varchar[])) AS p(pid) CROSS JOIN LATERAL"
+    " (SELECT * FROM sms_segment AS x WHERE x.gateway = :gateway AND x.provider_id = p.pid LIMIT 1) AS s"
+)
+
+
+def _segment_rows(session: Session, gateway: str, provider_ids: list[str]) -> Iterable[Any]:
+    if is_postgres(session):
+        params = {"ids": array_literal(provider_ids, text=True), "gateway": gateway}
+        return session.execute(_SEGMENTS_BY_PROVIDER_ID, params)
+    return session.execute(
+        select(
+            _segments.c.id, _segments.c.message_id, _segments.c.seq, _segments.c.provider_id, _segments.c.status
+        ).where(_segments.c.gateway == gateway, _segments.c.provider_id.in_(provider_ids))
+    )
+
+
+def _finish_messages(session: Session, settled: dict[int, str], now: datetime) -> None:
+    """Messages whose segments all have a final status take the worst of them (bulk, per outcome).
+
+    `settled`: message id → the final status one of its segments just took. A message of one
+    segment (nearly all) is decided by it; only longer ones read their other segments."""
+    before = counters.snapshot(session, settled)  # live counters: what these rows count as now
+    by_message: dict[int, list[str | None]] = {}
+    longer: list[int] = []
+    for mid, status in settled.items():
+        state = before.states.get(mid)
+        if state is not None and state.segments <= 1:
+            by_message[mid] = [status]
+        else:
+            longer.append(mid)
+    if longer:
+        for mid, status in session.execute(
+            select(_segments.c.message_id, _segments.c.status).where(
+                any_of(session, _segments.c.message_id, sorted(longer))
+            )
+        ):
+            by_message.setdefault(int(mid), []).append(status)
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for mid, statuses in by_message.items():
         state = before.states.get(mid)
