@@ -7,10 +7,11 @@ gateway simply counts as healthy until the workers' next reports (a few seconds)
 Failover (a gateway with a `fallback`): the gateway is *down* while a mark `loa:gw:down:<name>`
 exists. Workers set it when they hold a bind lease but cannot bind for `failover.after_s`, or
 when the share of failed submits over the last `ERROR_WINDOW_S` seconds passes
-`failover.error_rate`; the dispatcher sets it when no worker has held any of the gateway's bind
-leases for `after_s`. An error-rate mark lasts `after_s` and is then tried again; a bind mark goes
-as soon as a session binds. While down, the dispatcher routes the gateway's numbers to its
-fallback and hands back the messages waiting in its queue (see `campaigns/dispatch.py`).
+`failover.error_rate` (judged by each send batch that counts errors, and by the once-a-second
+health round as a backstop); the dispatcher sets it when no worker has held any of the gateway's
+bind leases for `after_s`. An error-rate mark lasts `after_s` and is then tried again; a bind
+mark goes as soon as a session binds. While down, the dispatcher routes the gateway's numbers to
+its fallback and hands back the messages waiting in its queue (see `campaigns/dispatch.py`).
 """
 
 from __future__ import annotations
@@ -72,11 +73,14 @@ def failover_of(gateway: SmppGateway) -> Failover | None:
     return gateway.failover or DEFAULT_FAILOVER
 
 
-def count_results(client: redis.Redis[bytes], gateway: str, submits: int, errors: int, throttles: int) -> None:
-    """Add one batch's submit results to the gateway's current one-second bucket."""
+def count_results(client: redis.Redis[bytes], gateway: SmppGateway, submits: int, errors: int, throttles: int) -> None:
+    """Add one batch's submit results to the gateway's current one-second bucket.
+
+    A batch with errors then judges the error rate of a gateway with a fallback at once: waiting
+    for the health round lets the sessions burn through the gateway's backlog first."""
     if not submits:
         return
-    key = STATS_KEY.format(gateway, int(time.time()))
+    key = STATS_KEY.format(gateway.name, int(time.time()))
     pipe = client.pipeline(transaction=False)
     pipe.hincrby(key, "submits", submits)
     if errors:
@@ -85,6 +89,8 @@ def count_results(client: redis.Redis[bytes], gateway: str, submits: int, errors
         pipe.hincrby(key, "throttles", throttles)
     pipe.expire(key, STATS_TTL_S)
     pipe.execute()
+    if errors:
+        check_error_rate(client, gateway)
 
 
 def recent(client: redis.Redis[bytes], gateway: str, seconds: int = ERROR_WINDOW_S) -> Recent:

@@ -21,11 +21,12 @@ CONFIG = GatewaysConfig(
         gw("backup"),
     ]
 )
+PRIMARY, BACKUP = CONFIG.smpp
 
 
 def test_recent_statistics_sum_the_last_seconds(redis_client: redis.Redis[bytes]) -> None:
-    health.count_results(redis_client, "primary", 30, 6, 2)
-    health.count_results(redis_client, "primary", 10, 0, 0)
+    health.count_results(redis_client, PRIMARY, 30, 6, 2)
+    health.count_results(redis_client, PRIMARY, 10, 0, 0)
     stats = health.recent(redis_client, "primary")
     assert (stats.submits, stats.errors, stats.throttles) == (40, 6, 2)
     assert stats.error_rate == 6 / 40
@@ -33,18 +34,28 @@ def test_recent_statistics_sum_the_last_seconds(redis_client: redis.Redis[bytes]
 
 
 def test_an_error_rate_over_the_threshold_marks_the_gateway_down_for_after_s(redis_client: redis.Redis[bytes]) -> None:
-    primary = CONFIG.smpp_by_name()["primary"]
-    health.count_results(redis_client, "primary", 10, 9, 0)  # too small a sample to judge
-    health.check_error_rate(redis_client, primary)
+    health.count_results(redis_client, PRIMARY, 10, 9, 0)  # too small a sample to judge
+    health.check_error_rate(redis_client, PRIMARY)
     assert health.down_gateways(redis_client, CONFIG) == {}
-    health.count_results(redis_client, "primary", 30, 20, 0)
-    health.check_error_rate(redis_client, primary)
+    health.count_results(redis_client, PRIMARY, 30, 20, 0)  # the batch's own count judges at once
     down = health.down_gateways(redis_client, CONFIG)
     assert list(down) == ["primary"]
     assert down["primary"].startswith("error rate 72%")
     time.sleep(1.2)  # after_s: then it is tried again
     redis_client.set("loa:lease:smpp:primary:0", "someone")
     assert health.down_gateways(redis_client, CONFIG) == {}
+
+
+def test_the_health_round_judges_what_batches_without_errors_do_not(redis_client: redis.Redis[bytes]) -> None:
+    down = health.DOWN_KEY.format("primary")
+    health.count_results(redis_client, PRIMARY, 30, 30, 0)
+    redis_client.delete(down)  # expired after after_s, or Redis lost it
+    health.count_results(redis_client, PRIMARY, 5, 0, 0)  # no errors: no extra round trip to judge
+    assert not redis_client.exists(down)
+    health.check_error_rate(redis_client, PRIMARY)  # the once-a-second round: 30 of 35 in the window
+    assert redis_client.get(down) == b"error rate 86% over 10s (30 of 35)"
+    health.count_results(redis_client, BACKUP, 30, 30, 0)  # no fallback: it keeps its traffic
+    assert not redis_client.exists(health.DOWN_KEY.format("backup"))
 
 
 def test_a_gateway_whose_binds_nobody_holds_for_after_s_is_down(redis_client: redis.Redis[bytes]) -> None:
@@ -80,7 +91,7 @@ def test_status_shows_sessions_rates_queues_and_marks(redis_client: redis.Redis[
     health.publish_binds(redis_client, "primary", {0: {"state": "bound", "outstanding": 3}})
     redis_client.hset("loa:rl:smpp:primary", "f", "0.5")
     redis_client.rpush("sms.primary", "t1", "t2")
-    health.count_results(redis_client, "primary", 50, 0, 0)
+    health.count_results(redis_client, PRIMARY, 50, 0, 0)
     items = {i["name"]: i for i in health.gateway_status(redis_client, CONFIG, lambda n: f"sms.{n}", {"backup": 4})}
     primary = items["primary"]
     assert primary["bound"] == 1
