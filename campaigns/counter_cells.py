@@ -101,7 +101,13 @@ _COLUMNS = (
     _MESSAGES.c.segments,
     _MESSAGES.c.ambiguous_resends,
     _MESSAGES.c.no_receipt,
+    # Not counted; read in the same locked pass for writers that check who holds a row.
+    _MESSAGES.c.claim,
+    _MESSAGES.c.attempts,
 )
+
+# message id → (claim, attempts) as read with the states
+Holds = dict[int, tuple[str | None, int]]
 
 
 def field_text(value: Any) -> str:
@@ -134,9 +140,9 @@ def campaign_info(session: Session, campaign_ids: Iterable[str]) -> dict[str, Ca
 
 def read_states(
     session: Session, ids: Sequence[int], campaigns: Mapping[str, CampaignInfo] | None, *, lock: bool
-) -> tuple[dict[int, MessageState], dict[str, CampaignInfo]]:
+) -> tuple[dict[int, MessageState], dict[str, CampaignInfo], Holds]:
     if not ids:
-        return {}, dict(campaigns or {})
+        return {}, dict(campaigns or {}), {}
     stmt = select(*_COLUMNS).where(any_of(session, _MESSAGES.c.id, ids)).order_by(_MESSAGES.c.id)
     if lock and session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()  # in id order: writers that lock batches cannot deadlock
@@ -152,9 +158,11 @@ def read_states(
         ):
             values[int(mid)] = fields or {}
     states: dict[int, MessageState] = {}
-    for mid, cid, to, status, gateway, carrier, error, sub, dlv, segs, amb, norc in rows:
+    holds: Holds = {}
+    for mid, cid, to, status, gateway, carrier, error, sub, dlv, segs, amb, norc, claim, attempts in rows:
         names = info[cid].fields if cid in info else ()
         fv = values.get(int(mid), {}) if names else {}
+        holds[int(mid)] = (claim, int(attempts or 0))
         states[int(mid)] = MessageState(
             cid,
             str(to),
@@ -167,9 +175,9 @@ def read_states(
             int(segs or 0),
             int(amb or 0),
             bool(norc),
-            tuple(field_text(fv.get(n)) for n in names),
+            tuple(field_text(fv.get(n)) for n in names) if names else (),
         )
-    return states, info
+    return states, info, holds
 
 
 def append(session: Session, deltas: Mapping[str, Mapping[Cell, int]]) -> None:

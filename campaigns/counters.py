@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from campaigns.counter_cells import (
     RECEIPT_FINAL,
     CampaignInfo,
     Cell,
+    Holds,
     MessageState,
     append,
     campaign_info,
@@ -71,16 +72,17 @@ class Snapshot:
     ids: list[int]
     states: dict[int, MessageState]
     campaigns: dict[str, CampaignInfo]
+    holds: Holds = field(default_factory=dict)  # (claim, attempts) of each row, read with it
 
 
 def snapshot(session: Session, ids: Iterable[int], *, was: MessageStatus | None = None) -> Snapshot:
     """The counted state of these messages before a change (rows locked on Postgres). `was`:
     the rows already moved from this status in this transaction (a claim that returned them)."""
     id_list = sorted({int(i) for i in ids})
-    states, info = read_states(session, id_list, None, lock=True)
+    states, info, holds = read_states(session, id_list, None, lock=True)
     if was is not None:
         states = {mid: _with_status(s, was.value) for mid, s in states.items()}
-    return Snapshot(id_list, states, info)
+    return Snapshot(id_list, states, info, holds)
 
 
 def snapshot_where(session: Session, *criteria: ColumnElement[bool]) -> Snapshot:
@@ -97,7 +99,7 @@ def _with_status(s: MessageState, status: str) -> MessageState:
 
 def apply_changes(session: Session, before: Snapshot) -> int:
     """Append the counter deltas of what changed since `before`; returns messages changed."""
-    after, _ = read_states(session, before.ids, before.campaigns, lock=False)
+    after, _, _ = read_states(session, before.ids, before.campaigns, lock=False)
     return apply_states(session, before, after)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlmodel import Session, col
 
 from campaigns import counters
@@ -116,8 +116,7 @@ def store_delivers(
             }
         )
         stored.states.append(info.state.value)
-    if inbox:
-        session.execute(insert(_inbox), inbox)
+    insert_rows(session, _inbox, inbox)  # COPY on Postgres: this runs on the session's deliver thread
     return stored
 
 

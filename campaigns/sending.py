@@ -20,7 +20,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from sqlmodel import Session, col
 
 from campaigns import counters
 from campaigns.bulk import any_of, insert_rows
+from campaigns.counter_cells import MessageState
 from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus, SmsSegment
 from campaigns.recipients import secret_aad
 from campaigns.templates import Rendered, render
@@ -101,11 +102,14 @@ def load_batch(
     claim: str,
     *,
     template_of: Callable[[Campaign], Mapping[str, str | None]] | None = None,
+    inflight_lease_s: float | None = None,
 ) -> LoadedBatch:
     """Claimed rows with secrets decrypted and the template rendered, in memory only.
 
     `template_of` may give the parts to render instead of `campaign.template` (the email path
-    adds a text part derived from the HTML once per campaign rather than once per message)."""
+    adds a text part derived from the HTML once per campaign rather than once per message).
+    With `inflight_lease_s` the rows are marked in flight as they are read (`begin_submit` in the
+    same statement: the SMS path marks a whole batch before it goes out)."""
     campaign = session.get(Campaign, campaign_id)
     if (
         campaign is None
@@ -117,15 +121,17 @@ def load_batch(
     ):
         release(session, ids, claim)
         return LoadedBatch(campaign=None)
-    rows = session.execute(
-        select(
-            col(Message.id), col(Message.to), col(Message.fields), col(Message.secrets), col(Message.attempts)
-        ).where(
-            any_of(session, col(Message.id), ids),
-            col(Message.claim) == claim,
-            col(Message.status) == MessageStatus.DISPATCHING.value,
-        )
-    ).all()
+    columns = (col(Message.id), col(Message.to), col(Message.fields), col(Message.secrets), col(Message.attempts))
+    if inflight_lease_s is None:
+        rows = session.execute(
+            select(*columns).where(
+                any_of(session, col(Message.id), ids),
+                col(Message.claim) == claim,
+                col(Message.status) == MessageStatus.DISPATCHING.value,
+            )
+        ).all()
+    else:
+        rows = sorted(session.execute(_mark_inflight(session, ids, claim, inflight_lease_s).returning(*columns)).all())
     batch = LoadedBatch(campaign=campaign, validity=_validity(campaign))
     template = template_of(campaign) if template_of is not None else campaign.template
     failures: list[Outcome] = []
@@ -167,12 +173,9 @@ def release(session: Session, ids: Iterable[int], claim: str) -> None:
     counters.apply_changes(session, before)
 
 
-def begin_submit(session: Session, ids: Sequence[int], claim: str, lease_s: float) -> set[int]:
-    """Mark rows in flight right before their submit; returns the ids this claim still owns.
-
-    Idempotent (a retried transaction finds its rows already marked) and it renews their lease."""
+def _mark_inflight(session: Session, ids: Sequence[int], claim: str, lease_s: float) -> Any:
     now = utcnow()
-    result = session.execute(
+    return (
         update(Message)
         .where(
             any_of(session, col(Message.id), list(ids)),
@@ -180,8 +183,14 @@ def begin_submit(session: Session, ids: Sequence[int], claim: str, lease_s: floa
             col(Message.status) == MessageStatus.DISPATCHING.value,
         )
         .values(claim=inflight_claim(claim), lease_until=now + timedelta(seconds=lease_s), updated_at=now)
-        .returning(col(Message.id))
     )
+
+
+def begin_submit(session: Session, ids: Sequence[int], claim: str, lease_s: float) -> set[int]:
+    """Mark rows in flight right before their submit; returns the ids this claim still owns.
+
+    Idempotent (a retried transaction finds its rows already marked) and it renews their lease."""
+    result = session.execute(_mark_inflight(session, ids, claim, lease_s).returning(col(Message.id)))
     return {int(i) for i in result.scalars()}
 
 
@@ -298,19 +307,14 @@ def record(
         return {}
     now = utcnow()
     ids = sorted({o.message_id for o in outcomes})
-    before = counters.snapshot(session, ids)  # live counters: what these rows count as now
-    lock = select(col(Message.id), col(Message.status), col(Message.claim), col(Message.attempts)).where(
-        any_of(session, col(Message.id), ids)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        lock = lock.order_by(col(Message.id)).with_for_update()  # one order: no deadlock between batches
-    current = {
-        int(mid): (MessageStatus(status), row_claim, int(n)) for mid, status, row_claim, n in session.execute(lock)
-    }
+    # One locked read: what the rows count as now (live counters) and who holds them.
+    before = counters.snapshot(session, ids)
+    current = {mid: (MessageStatus(state.status), *before.holds[mid]) for mid, state in before.states.items()}
     ours = {claim, inflight_claim(claim)}
     params: dict[str, list[dict[str, Any]]] = defaultdict(list)
     events: list[dict[str, Any]] = []
     segments: list[dict[str, Any]] = []
+    after = dict(before.states)
     for o in outcomes:
         row = current.pop(o.message_id, None)  # a second outcome for one message is ignored
         if row is None:
@@ -324,6 +328,9 @@ def record(
         elif status is not MessageStatus.DISPATCHING or row_claim not in ours:
             continue
         error_code = o.error_code or ("ambiguous" if o.kind == "ambiguous" else None)
+        after[o.message_id] = _counted_after(
+            before.states[o.message_id], kind, sent_status, now, o.segments, error_code
+        )
         params[kind].append(
             {
                 "b_id": o.message_id,
@@ -358,8 +365,24 @@ def record(
     # COPY on Postgres: the ORM's bulk path costs far more per row on the send hot path.
     insert_rows(session, _events, events)
     insert_rows(session, _segments, segments)
-    counters.apply_changes(session, before)
+    # The rows are locked since the snapshot: their new states follow from the updates above.
+    counters.apply_states(session, before, after)
     return {kind: len(rows) for kind, rows in params.items()}
+
+
+def _counted_after(
+    old: MessageState, kind: str, sent_status: MessageStatus, now: datetime, segments: int, error_code: str | None
+) -> MessageState:
+    """What a message counts as after `_update_statement(kind)` (mirrors its values)."""
+    if kind == "sent":
+        return replace(old, status=sent_status.value, error=None, submitted_at=now, segments=segments)
+    if kind == "failed":
+        return replace(old, status=MessageStatus.FAILED.value, error=error_code)
+    if kind == "retry":
+        return replace(old, status=MessageStatus.QUEUED.value, error=error_code)
+    if kind == "ambiguous":
+        return replace(old, status=MessageStatus.QUEUED.value, ambiguous=old.ambiguous + 1)
+    return replace(old, status=MessageStatus.QUEUED.value)  # not_sent
 
 
 Retry = Callable[[Callable[[], Any]], Any]

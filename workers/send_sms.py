@@ -20,13 +20,21 @@ from datetime import datetime, timedelta
 import redis
 
 from campaigns.models import Campaign
-from campaigns.sending import LoadedBatch, LoadedMessage, Outcome, begin_submit, load_batch, record, renew_lease
+from campaigns.sending import LoadedBatch, LoadedMessage, Outcome, load_batch, record, renew_lease
 from gateways import health
 from gateways.config import SmppGateway
 from gateways.ratelimit import safe_rate
 from gateways.smpp.client import Outcome as SubmitOutcome
 from gateways.smpp.client import Submit, SubmitResult
-from gateways.smpp.codec import EncodingPolicy, UnencodableError, build_short_messages, data_coding, prepare
+from gateways.smpp.codec import (
+    Encoding,
+    EncodingPolicy,
+    UnencodableError,
+    concatenated,
+    data_coding,
+    prepare,
+    split_parts,
+)
 from gateways.smpp.errors import ErrorClass, ErrorTable, is_throttle
 from gateways.smpp.receipts import normalise_id
 from loa.db import transaction
@@ -54,6 +62,8 @@ def udh_refs(client: redis.Redis[bytes], messages: Sequence[LoadedMessage]) -> d
     """Concatenation references (1..255) cycling per destination: a handset reassembling one long
     message must not mix in parts of the previous long message sent to it. One pipelined round
     trip per batch; without Redis the reference is derived from the message id and attempt."""
+    if not messages:
+        return {}
     fallback = {m.id: (m.id * 31 + m.attempts) % 255 + 1 for m in messages}
     try:
         pipe = client.pipeline(transaction=False)
@@ -67,32 +77,44 @@ def udh_refs(client: redis.Redis[bytes], messages: Sequence[LoadedMessage]) -> d
     return {m.id: int(n) % 255 + 1 for m, n in zip(messages, counters, strict=True)}
 
 
-def build_submits(
-    campaign: Campaign, gateway: SmppGateway, msg: LoadedMessage, validity: datetime | None, ref: int
-) -> tuple[list[Submit], Outcome | None]:
-    text = msg.rendered.body or ""
+@dataclass
+class _Parts:
+    """A message split for the wire, before its concatenation reference is known."""
+
+    msg: LoadedMessage
+    encoding: Encoding
+    payloads: list[bytes]
+
+
+def split_message(campaign: Campaign, msg: LoadedMessage) -> _Parts | Outcome:
+    """The message's payloads in the campaign's encoding, or why it cannot be sent."""
     try:
-        prepared = prepare(text, EncodingPolicy(campaign.encoding))
+        prepared = prepare(msg.rendered.body or "", EncodingPolicy(campaign.encoding))
     except UnencodableError as exc:
-        return [], Outcome(msg.id, "failed", "unencodable", f"characters that do not fit GSM-7: {' '.join(exc.chars)}")
+        return Outcome(msg.id, "failed", "unencodable", f"characters that do not fit GSM-7: {' '.join(exc.chars)}")
     try:
-        parts = build_short_messages(prepared.text, prepared.encoding, ref)
+        return _Parts(msg, prepared.encoding, split_parts(prepared.text, prepared.encoding))
     except ValueError as exc:
-        return [], Outcome(msg.id, "failed", "too_long", str(exc))
+        return Outcome(msg.id, "failed", "too_long", str(exc))
+
+
+def build_submits(
+    campaign: Campaign, gateway: SmppGateway, parts: _Parts, validity: datetime | None, ref: int
+) -> list[Submit]:
+    short_messages = concatenated(parts.payloads, ref)
     source = campaign.sender or gateway.source_addr or ""
-    submits = [
+    return [
         Submit(
-            ref=(msg.id, i),
+            ref=(parts.msg.id, i),
             source_addr=source,
-            destination=msg.to,
+            destination=parts.msg.to,
             short_message=part,
-            data_coding=data_coding(prepared.encoding),
-            esm_class=0x40 if len(parts) > 1 else 0,
+            data_coding=data_coding(parts.encoding),
+            esm_class=0x40 if len(short_messages) > 1 else 0,
             validity_period=validity,
         )
-        for i, part in enumerate(parts)
+        for i, part in enumerate(short_messages)
     ]
-    return submits, None
 
 
 def outcome_for(message_id: int, results: Sequence[SubmitResult], table: ErrorTable) -> Outcome:
@@ -125,13 +147,9 @@ def _throttle_wait() -> timedelta:
 
 
 def _load(rt: Runtime, campaign_id: str, ids: Sequence[int], claim: str) -> LoadedBatch:
-    """Load and render, and mark the loaded rows in flight, in one transaction."""
+    """Load, render and mark the rows in flight, in one transaction."""
     with transaction(rt.engine) as session:
-        batch = load_batch(session, rt.box, campaign_id, ids, claim)
-        if batch.messages:
-            owned = begin_submit(session, [m.id for m in batch.messages], claim, rt.settings.lease_seconds)
-            batch.messages = [m for m in batch.messages if m.id in owned]
-        return batch
+        return load_batch(session, rt.box, campaign_id, ids, claim, inflight_lease_s=rt.settings.lease_seconds)
 
 
 @dataclass
@@ -232,7 +250,7 @@ def _submit_all(wire: _Wire, keys: list[tuple[str, float]], table: ErrorTable) -
     t = sms_metrics.tally(all_results)
     sms_metrics.observe_results(gateway.name, t)
     try:
-        health.count_results(rt.redis, gateway.name, t.submits, t.errors, t.throttles)
+        health.count_results(rt.redis, gateway, t.submits, t.errors, t.throttles)
         if not t.throttles:
             rt.limiter.recover(limiter_key(gateway.name))
     except redis.RedisError as exc:
@@ -255,15 +273,17 @@ def send_sms_batch(
             journal.forget(key)
         return {}
     table = ErrorTable(gateway.error_overrides())
-    refs = udh_refs(rt.redis, batch.messages)
     outcomes: list[Outcome] = []
-    work: list[tuple[LoadedMessage, list[Submit]]] = []
+    split: list[_Parts] = []
     for msg in batch.messages:
-        submits, failure = build_submits(campaign, gateway, msg, batch.validity, refs[msg.id])
-        if failure is not None:
-            outcomes.append(failure)
+        parts = split_message(campaign, msg)
+        if isinstance(parts, Outcome):
+            outcomes.append(parts)
         else:
-            work.append((msg, submits))
+            split.append(parts)
+    # Only a message of several parts needs a concatenation reference (a Redis counter per number).
+    refs = udh_refs(rt.redis, [p.msg for p in split if len(p.payloads) > 1])
+    work = [(p.msg, build_submits(campaign, gateway, p, batch.validity, refs.get(p.msg.id, 0))) for p in split]
     wire = _Wire(rt, sessions, campaign.id, claim, work)
     if work:
         keys = [(limiter_key(gateway.name), safe_rate(gateway.tps))]

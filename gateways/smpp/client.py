@@ -26,10 +26,12 @@ import contextlib
 import logging
 import random
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from smpplib import command as smpplib_command
 from smpplib import smpp as smpplib_codec
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
@@ -88,10 +90,83 @@ class _GivenSequence:
         return self.sequence
 
 
+_SUBMIT_SM = 0x00000004
+_SUBMIT_PARAMS = smpplib_command.SubmitSM.params
+# The fields `submit_sm_fields` gives; anything else (TLVs, say) goes through smpplib.
+_SUBMIT_FIELDS = frozenset(
+    {
+        "service_type",
+        "source_addr_ton",
+        "source_addr_npi",
+        "source_addr",
+        "dest_addr_ton",
+        "dest_addr_npi",
+        "destination_addr",
+        "esm_class",
+        "registered_delivery",
+        "data_coding",
+        "short_message",
+        "validity_period",
+    }
+)
+
+
+def _c_string(fields: dict[str, object], name: str) -> bytes:
+    """As smpplib writes a C-octet string: latin-1, cut to its maximum less the NUL, NUL-ended."""
+    value = fields.get(name) or ""
+    limit = _SUBMIT_PARAMS[name].max
+    return str(value)[: limit - 1].encode("latin-1") + b"\0"
+
+
+def _octet(fields: dict[str, object], name: str) -> int:
+    value = fields.get(name)
+    return value if isinstance(value, int) else 0
+
+
+def _submit_sm(sequence: int, fields: dict[str, object]) -> bytes:
+    """A submit_sm, byte for byte what smpplib's ``make_pdu(...).generate()`` gives for these fields.
+
+    Written out because it is the one PDU on the hot path: smpplib builds a ``Command`` object and
+    walks its 45 parameters for every PDU, about 42 us of CPU per submit here, a tenth of a core at
+    2,500 submits/s on one bind; this takes ~3 us. The other PDUs stay with smpplib, and a test
+    compares the two encoders over generated fields (tests/gateways/smpp/test_submit_encoder.py).
+    """
+    short_message = fields.get("short_message") or b""
+    assert isinstance(short_message, bytes)
+    if len(short_message) > _SUBMIT_PARAMS["short_message"].max:
+        raise ValueError(f"short_message of {len(short_message)} octets does not fit submit_sm")
+    body = b"".join(
+        (
+            _c_string(fields, "service_type"),
+            bytes((_octet(fields, "source_addr_ton"), _octet(fields, "source_addr_npi"))),
+            _c_string(fields, "source_addr"),
+            bytes((_octet(fields, "dest_addr_ton"), _octet(fields, "dest_addr_npi"))),
+            _c_string(fields, "destination_addr"),
+            # esm_class, protocol_id, priority_flag, schedule_delivery_time (empty)
+            bytes((_octet(fields, "esm_class"), 0, 0, 0)),
+            _c_string(fields, "validity_period"),
+            # registered_delivery, replace_if_present_flag, data_coding, sm_default_msg_id, sm_length
+            bytes(
+                (
+                    _octet(fields, "registered_delivery"),
+                    0,
+                    _octet(fields, "data_coding"),
+                    0,
+                    len(short_message),
+                )
+            ),
+            short_message,
+        )
+    )
+    return struct.pack(">LLLL", 16 + len(body), _SUBMIT_SM, 0, sequence) + body
+
+
 class _SmpplibEncoder:
     """The :class:`~gateways.smpp.session_link.PduEncoder` every link uses."""
 
     def request(self, command: str, sequence: int, **fields: object) -> bytes:
+        if command == "submit_sm" and fields.keys() <= _SUBMIT_FIELDS:
+            return _submit_sm(sequence, fields)
         pdu = smpplib_codec.make_pdu(command, client=_GivenSequence(sequence), **fields)
         return bytes(pdu.generate())
 

@@ -31,6 +31,7 @@ __all__ = [
     "UnencodableError",
     "build_short_messages",
     "concat_udh",
+    "concatenated",
     "data_coding",
     "decode_gsm7",
     "encode_gsm7",
@@ -39,6 +40,7 @@ __all__ = [
     "normalise_text",
     "prepare",
     "segment_count",
+    "split_parts",
     "split_payloads",
     "strip_diacritics",
     "unencodable_gsm7",
@@ -369,14 +371,25 @@ def build_short_messages(text: str, encoding: Encoding, ref: int) -> list[bytes]
     One part: the payload alone. Several: UDH + payload each, and the caller sets the UDHI bit
     (0x40) in esm_class. Raises ``ValueError`` beyond :data:`MAX_PARTS` parts.
     """
+    return concatenated(split_parts(text, encoding), ref)
+
+
+def split_parts(text: str, encoding: Encoding) -> list[bytes]:
+    """`split_payloads`, refusing more than :data:`MAX_PARTS` parts (``ValueError``): the payloads
+    of :func:`build_short_messages` before a reference is known (only several parts need one)."""
+    payloads = split_payloads(text, encoding)
+    if len(payloads) > MAX_PARTS:
+        raise ValueError(f"text needs {len(payloads)} parts; at most {MAX_PARTS} can be concatenated")
+    return payloads
+
+
+def concatenated(payloads: list[bytes], ref: int) -> list[bytes]:
+    """Payloads as short_messages: alone when one, each behind its concatenation UDH when several."""
     if not 0 <= ref <= 0xFF:
         # Checked up front so a bad reference fails on short texts too, not only on long ones.
         raise ValueError(f"concatenation reference {ref} is not in 0..255")
-    payloads = split_payloads(text, encoding)
     if len(payloads) == 1:
         return payloads
-    if len(payloads) > MAX_PARTS:
-        raise ValueError(f"text needs {len(payloads)} parts; at most {MAX_PARTS} can be concatenated")
     total = len(payloads)
     return [concat_udh(ref, total, seq) + payload for seq, payload in enumerate(payloads, start=1)]
 

@@ -17,7 +17,7 @@ import logging
 import re
 import string
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
@@ -62,17 +62,31 @@ class ReceiptInfo:
 
     ``message_id`` is the id as the SMSC wrote it (only surrounding whitespace and NULs removed);
     look it up with :func:`receipt_id_candidates`. ``raw_stat`` is the text's stat field as written,
-    or the SMPP name of the ``message_state`` TLV when the text has none. Dates are UTC.
+    or the SMPP name of the ``message_state`` TLV when the text has none. Dates are UTC. Dates and
+    counts are read from the text when asked for: storing a receipt needs neither.
     """
 
     message_id: str
     state: ReceiptState
     raw_stat: str
     err: str | None
-    submit_date: datetime | None
-    done_date: datetime | None
-    submitted: int | None
-    delivered: int | None
+    fields: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def submit_date(self) -> datetime | None:
+        return _date(self.fields.get("submitdate"))
+
+    @property
+    def done_date(self) -> datetime | None:
+        return _date(self.fields.get("donedate"))
+
+    @property
+    def submitted(self) -> int | None:
+        return _count(self.fields.get("sub"))
+
+    @property
+    def delivered(self) -> int | None:
+        return _count(self.fields.get("dlvrd"))
 
 
 # message_state TLV (0x0427) values. 0 SCHEDULED and 9 SKIPPED come from SMPP 5.0; some 3.4
@@ -122,7 +136,7 @@ def _fields(text: str) -> dict[str, str]:
     matches = list(_FIELD.finditer(text))
     found: dict[str, str] = {}
     for i, match in enumerate(matches):
-        key = re.sub(r"[ _]", "", match.group(1).lower())
+        key = match.group(1).lower().replace(" ", "").replace("_", "")
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         if key == "text":
             break
@@ -148,14 +162,17 @@ def _date(value: str | None) -> datetime | None:
     A bad date never rejects a receipt: the state matters, the timestamp is a nicety.
     """
     token = _first_token(value)
-    if token is None or not token.isdigit():
+    if token is None or not token.isdigit() or len(token) not in (10, 12, 14):
         return None
-    formats = {10: "%y%m%d%H%M", 12: "%y%m%d%H%M%S", 14: "%Y%m%d%H%M%S"}
-    fmt = formats.get(len(token))
-    if fmt is None:
-        return None
+    # Sliced by hand: strptime cost ~15 us a call, twice per receipt, thousands of receipts a second.
+    if len(token) == 14:
+        year, rest = int(token[:4]), token[4:]
+    else:
+        yy = int(token[:2])
+        year, rest = (2000 + yy if yy < 69 else 1900 + yy), token[2:]  # strptime's %y pivot
+    seconds = int(rest[8:10]) if len(rest) == 10 else 0
     try:
-        return datetime.strptime(token, fmt).replace(tzinfo=UTC)
+        return datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), seconds, tzinfo=UTC)
     except ValueError:
         return None
 
@@ -208,10 +225,7 @@ def parse_receipt(
         state=state,
         raw_stat=raw_stat,
         err=_first_token(fields.get("err")),
-        submit_date=_date(fields.get("submitdate")),
-        done_date=_date(fields.get("donedate")),
-        submitted=_count(fields.get("sub")),
-        delivered=_count(fields.get("dlvrd")),
+        fields=fields,
     )
 
 
