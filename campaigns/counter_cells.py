@@ -139,8 +139,14 @@ def campaign_info(session: Session, campaign_ids: Iterable[str]) -> dict[str, Ca
 
 
 def read_states(
-    session: Session, ids: Sequence[int], campaigns: Mapping[str, CampaignInfo] | None, *, lock: bool
+    session: Session,
+    ids: Sequence[int],
+    campaigns: Mapping[str, CampaignInfo] | None,
+    *,
+    lock: bool,
+    status: str | None = None,
 ) -> tuple[dict[int, MessageState], dict[str, CampaignInfo], Holds]:
+    """The counted states of these messages; `status` instead of the rows' own when given."""
     if not ids:
         return {}, dict(campaigns or {}), {}
     stmt = select(*_COLUMNS).where(any_of(session, _MESSAGES.c.id, ids)).order_by(_MESSAGES.c.id)
@@ -159,14 +165,14 @@ def read_states(
             values[int(mid)] = fields or {}
     states: dict[int, MessageState] = {}
     holds: Holds = {}
-    for mid, cid, to, status, gateway, carrier, error, sub, dlv, segs, amb, norc, claim, attempts in rows:
+    for mid, cid, to, row_status, gateway, carrier, error, sub, dlv, segs, amb, norc, claim, attempts in rows:
         names = info[cid].fields if cid in info else ()
         fv = values.get(int(mid), {}) if names else {}
         holds[int(mid)] = (claim, int(attempts or 0))
         states[int(mid)] = MessageState(
             cid,
             str(to),
-            str(status),
+            status or str(row_status),
             gateway,
             carrier,
             error,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +57,7 @@ __all__ = [
     "apply_changes",
     "apply_states",
     "bulk_changed",
+    "derive",
     "compact",
     "forget",
     "reconcile",
@@ -79,9 +80,7 @@ def snapshot(session: Session, ids: Iterable[int], *, was: MessageStatus | None 
     """The counted state of these messages before a change (rows locked on Postgres). `was`:
     the rows already moved from this status in this transaction (a claim that returned them)."""
     id_list = sorted({int(i) for i in ids})
-    states, info, holds = read_states(session, id_list, None, lock=True)
-    if was is not None:
-        states = {mid: _with_status(s, was.value) for mid, s in states.items()}
+    states, info, holds = read_states(session, id_list, None, lock=True, status=was.value if was else None)
     return Snapshot(id_list, states, info, holds)
 
 
@@ -93,14 +92,21 @@ def snapshot_where(session: Session, *criteria: ColumnElement[bool]) -> Snapshot
     return snapshot(session, ids)
 
 
-def _with_status(s: MessageState, status: str) -> MessageState:
-    return MessageState(**{**s.__dict__, "status": status})
-
-
 def apply_changes(session: Session, before: Snapshot) -> int:
     """Append the counter deltas of what changed since `before`; returns messages changed."""
     after, _, _ = read_states(session, before.ids, before.campaigns, lock=False)
     return apply_states(session, before, after)
+
+
+def derive(after: dict[int, MessageState], before: Snapshot, ids: Iterable[int], **values: Any) -> None:
+    """Set `after` of these messages to their state in `before` with `values` changed: for a
+    writer whose rows are locked since the snapshot and that knows what its update wrote. Made
+    once per kind of state (`apply_states` takes each recipient from `before`)."""
+    made: dict[MessageState, MessageState] = {}
+    for mid in ids:
+        old = before.states[mid]
+        new = made.get(old)
+        after[mid] = new if new is not None else made.setdefault(old, replace(old, **values))
 
 
 def apply_states(session: Session, before: Snapshot, after: Mapping[int, MessageState]) -> int:

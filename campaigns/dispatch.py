@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, update
@@ -46,6 +46,8 @@ BACKLOG_SECONDS = 4.0
 # queue that takes longer to drain than the claim lease, or its rows are swept while still queued.
 BACKLOG_BATCHES_PER_BIND = 8
 NO_ROUTE = "no_route"
+# Rounds of one dispatch pass at most (each claims a share of every campaign that still has some).
+MAX_ROUNDS = 50
 # Campaign → the gateways its last claim in this process was routed to. A campaign whose gateways
 # all lack room is not claimed from (rows claimed only to be given back cost two updates each); if
 # its later rows go elsewhere they wait at most until one of those gateways has room again.
@@ -175,43 +177,73 @@ def dispatch_pass(
     batch_size: int,
     lease_s: int,
 ) -> list[Batch]:
-    """One round over every dispatchable campaign; returns the batches to enqueue after commit."""
+    """Weighted rounds over the dispatchable campaigns until the gateways' queues are full or no
+    campaign has more ready; returns the batches to enqueue after commit.
+
+    One round alone (two batches of a normal campaign) could not keep a fast gateway's queue
+    filled between kicks: the queue ran dry and the bind sat idle between passes."""
     hand_over(session, router.failed_over())
     caps = gateway_capacity(gateways, batch_size)
     busy = inflight(session)
     room = {key: cap - busy.get(key[1], 0) for key, cap in caps.items()}
-    default_relay = gateways.default_relay()
-    batches: list[Batch] = []
-    for campaign in dispatchable_campaigns(session):
+    turn = _Turn(session, gateways, router, room, batch_size, lease_s)
+    campaigns = dispatchable_campaigns(session)
+    for _ in range(MAX_ROUNDS):
+        campaigns = [c for c in campaigns if turn.take(c)]
+        if not campaigns:
+            break
+    return turn.batches
+
+
+@dataclass
+class _Turn:
+    """One campaign's turn in a dispatch round: claim, route, give back what has no room."""
+
+    session: Session
+    gateways: GatewaysConfig
+    router: Router
+    room: dict[tuple[Channel, str], int]
+    batch_size: int
+    lease_s: int
+    batches: list[Batch] = field(default_factory=list)
+
+    def take(self, campaign: Campaign) -> bool:
+        """Claim the campaign's share of this round; True when it may have more for another."""
+        session, room, batch_size = self.session, self.room, self.batch_size
         # Only gateways with room count: one over its cap must not eat another's room.
         channel_room = sum(max(0, v) for (ch, _), v in room.items() if ch is campaign.channel)
         want = min(PRIORITY_WEIGHT[campaign.priority] * batch_size, channel_room)
         routes = [g for g in _last_routes.get(campaign.id, ()) if g is not None]
         if want <= 0 or (routes and all(room.get((campaign.channel, g), 0) <= 0 for g in routes)):
-            continue
-        token, rows = claim(session, campaign, want, lease_s)
+            return False
+        token, rows = claim(session, campaign, want, self.lease_s)
         campaign.dispatch_turn += 1
+        more = len(rows) == want
         rows = hold_over_cap(session, campaign, token, rows)  # recipients at the org's frequency cap wait
         if not rows:
-            continue
+            return more
         by_gateway: dict[str | None, list[int]] = defaultdict(list)
         if campaign.channel is Channel.SMS:
             overrides = mnp_overrides(session, campaign.org_id, (to for _, to, _ in rows))
             for mid, to, carrier in rows:
-                by_gateway[router.route(overrides.get(to, carrier))].append(mid)
+                by_gateway[self.router.route(overrides.get(to, carrier))].append(mid)
         else:
-            by_gateway[default_relay] = [mid for mid, _, _ in rows]
+            by_gateway[self.gateways.default_relay()] = [mid for mid, _, _ in rows]
         if len(_last_routes) > 10_000:  # campaigns come and go: keep this bounded
             _last_routes.clear()
         _last_routes[campaign.id] = frozenset(by_gateway)
         by_gateway = _within_room(session, by_gateway, room, campaign.channel, batch_size)
         if not by_gateway:
-            continue
+            return more
         counted = counters.snapshot(session, (i for ids in by_gateway.values() for i in ids), was=MessageStatus.QUEUED)
+        # The rows are locked since the claim: their new states follow from the updates below.
+        after = dict(counted.states)
         for gateway, ids in by_gateway.items():
             if gateway is None:
                 _fail_unroutable(session, ids)
+                counters.derive(after, counted, ids, status=MessageStatus.FAILED.value, error=NO_ROUTE)
                 continue
+            counters.derive(after, counted, ids, status=MessageStatus.DISPATCHING.value, gateway=gateway)
             now = utcnow()
             insert_rows(
                 session,
@@ -228,9 +260,9 @@ def dispatch_pass(
                     .where(any_of(session, _messages.c.id, chunk))
                     .values(gateway=gateway, claim=batch_claim)
                 )
-                batches.append(Batch(campaign.channel, gateway, campaign.id, batch_claim, chunk))
-        counters.apply_changes(session, counted)
-    return batches
+                self.batches.append(Batch(campaign.channel, gateway, campaign.id, batch_claim, chunk))
+        counters.apply_states(session, counted, after)
+        return more
 
 
 def _within_room(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,6 @@ from sqlmodel import Session, col
 
 from campaigns import counters
 from campaigns.bulk import any_of, array_literal, insert_rows, is_postgres
-from campaigns.counter_cells import MessageState
 from campaigns.models import Campaign, Message, MessageEvent, MessageStatus, ReceiptInbox, Reply, SmsSegment
 from campaigns.recipients import mark_suppressed
 from gateways.config import DEFAULT_OPT_OUT, GatewaysConfig
@@ -325,13 +324,7 @@ def _finish_messages(session: Session, settled: dict[int, str], now: datetime) -
             .values(**values)
             .returning(_messages.c.id)
         ).scalars()
-        # The rows are locked since the snapshot: their new states are the old ones plus these
-        # values, made once per kind of state (`apply_states` takes each recipient from `before`).
-        made: dict[MessageState, MessageState] = {}
-        for mid in changed:
-            old = before.states[mid]
-            new = made.get(old)
-            after[mid] = new if new is not None else made.setdefault(old, replace(old, **counted))
+        counters.derive(after, before, changed, **counted)  # locked since the snapshot
     counters.apply_states(session, before, after)
 
 

@@ -15,7 +15,7 @@ from campaigns import counters
 from campaigns.dispatch import Batch, Router, dispatch_pass
 from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus, Priority
 from campaigns.scheduling import complete_finished, sweep_expired_leases, tick
-from campaigns.sending import Outcome, begin_submit, record
+from campaigns.sending import Outcome, begin_submit, record, release
 from gateways.config import GatewaysConfig, builtin_gateways
 from loa.db import transaction
 from loa.timeutil import utcnow
@@ -118,7 +118,11 @@ def test_a_gateway_at_its_backlog_cap_takes_no_room_from_another(db: Engine) -> 
 
 def test_deadline_expires_what_is_queued_and_leaves_what_is_in_flight(db: Engine) -> None:
     cid = running(db, 6, deadline=utcnow() + timedelta(hours=1))
-    batches = dispatch(db, batch_size=1)  # normal priority takes 2 x batch_size: 2 in flight, 4 queued
+    dispatched = dispatch(db, batch_size=1)  # one message per batch
+    batches, back = dispatched[:2], dispatched[2:]
+    with transaction(db) as session:  # 2 in flight, 4 queued again
+        for b in back:
+            release(session, b.ids, b.claim)
     ids = [i for b in batches for i in b.ids]
     set_campaign(db, cid, deadline=utcnow() - timedelta(seconds=1))
     assert run_tick(db)["expired"] == 4
