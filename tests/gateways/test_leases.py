@@ -273,6 +273,8 @@ class Partition:
                 down, _ = self._listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed under us by close(): the proxy is done
+                return
             up = socket.socket(socket.AF_UNIX)
             up.connect(str(self.upstream))
             self._sockets += [down, up]

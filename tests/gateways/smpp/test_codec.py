@@ -8,6 +8,8 @@ import random
 import unicodedata
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from smpplib import gsm as smpplib_gsm
 
 from gateways.smpp.codec import (
@@ -350,3 +352,39 @@ def test_random_texts_prepare_consistently() -> None:
         assert strip_diacritics(stripped) == stripped
         assert unicodedata.is_normalized("NFC", stripped)
         assert set(unencodable_gsm7(stripped)) <= set("😀🎉中")
+
+
+# A slow, obvious splitter: one character at a time, weighed as the tables say. The codec's fast
+# paths (texts of one unit per character) must agree with it everywhere.
+def _reference_parts(text: str, encoding: Encoding) -> list[str]:
+    weigh = (
+        (lambda ch: gsm7_septets(ch)) if encoding is Encoding.GSM7 else (lambda ch: len(ch.encode("utf-16-be")) // 2)
+    )
+    single, part = (160, 153) if encoding is Encoding.GSM7 else (70, 67)
+    if sum(weigh(ch) for ch in text) <= single:
+        return [text]
+    parts, current, used = [], "", 0
+    for ch in text:
+        if used + weigh(ch) > part:
+            parts.append(current)
+            current, used = "", 0
+        current += ch
+        used += weigh(ch)
+    return [*parts, current]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(alphabet=st.sampled_from("aZ09 .,!\n"), min_size=140, max_size=400),  # a septet, as ASCII
+        st.text(alphabet=st.sampled_from("aZ ạếđỹ"), min_size=60, max_size=400),  # one UTF-16 unit each
+        st.text(alphabet=st.sampled_from("aZ09 .,!@$_\n€[]ạếđỹ😀Δ"), max_size=400),  # anything
+    )
+)
+def test_split_payloads_agree_with_the_reference_splitter(text: str) -> None:
+    for encoding in (Encoding.GSM7, Encoding.UCS2):
+        if encoding is Encoding.GSM7 and not is_gsm7(text):
+            continue
+        expected = _reference_parts(text, encoding)
+        encoded = [encode_gsm7(p) if encoding is Encoding.GSM7 else p.encode("utf-16-be") for p in expected]
+        assert split_payloads(text, encoding) == encoded
