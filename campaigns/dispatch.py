@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ MAX_ROUNDS = 50
 # all lack room is not claimed from (rows claimed only to be given back cost two updates each); if
 # its later rows go elsewhere they wait at most until one of those gateways has room again.
 _last_routes: dict[str, frozenset[str | None]] = {}
+# Campaign → (the highest id claimed in this process, when its claims last scanned from the lowest
+# id): see `claim`.
+_claim_cursor: dict[str, tuple[int, float]] = {}
+RESCAN_S = 30.0
 _events = table_of(MessageEvent)  # COPY on Postgres: the ORM's bulk path costs far more per row
 _messages = table_of(Message)
 
@@ -127,13 +132,38 @@ def dispatchable_campaigns(session: Session) -> list[Campaign]:
 def claim(
     session: Session, campaign: Campaign, limit: int, lease_s: int
 ) -> tuple[str, list[tuple[int, str, str | None]]]:
-    now = utcnow()
+    """Take up to `limit` of the campaign's ready messages, lowest ids first, under a new token.
+
+    The scan starts above the highest id this process claimed last time (`_claim_cursor`), and
+    from the lowest id when that comes up short or every `RESCAN_S` (rows given back to the queue
+    meanwhile: retries, sweeps, a pause). Without it every claim walked past all the rows already
+    claimed: their old index entries stay until vacuum, and a planner whose statistics predate
+    the wave walks the primary key through them (0.3-1.7 s a claim half-way through 1M rows)."""
     token = secrets.token_hex(8)
+    ticks = time.monotonic()
+    after, scanned_at = _claim_cursor.get(campaign.id, (0, ticks))
+    start = 0 if ticks - scanned_at > RESCAN_S else after
+    rows = _claim_above(session, campaign, start, limit, lease_s, token)
+    if start and len(rows) < limit:
+        rows = sorted(rows + _claim_above(session, campaign, 0, limit - len(rows), lease_s, token))
+        start = 0
+    if len(_claim_cursor) > 10_000:  # campaigns come and go: keep this bounded
+        _claim_cursor.clear()
+    top = max((mid for mid, _, _ in rows), default=0)
+    _claim_cursor[campaign.id] = (max(top, after), ticks if start == 0 else scanned_at)
+    return token, rows
+
+
+def _claim_above(
+    session: Session, campaign: Campaign, after: int, limit: int, lease_s: int, token: str
+) -> list[tuple[int, str, str | None]]:
+    now = utcnow()
     pick = (
         select(col(Message.id))
         .where(
             col(Message.campaign_id) == campaign.id,
             col(Message.status) == MessageStatus.QUEUED.value,
+            col(Message.id) > after,
             or_(col(Message.next_attempt_at).is_(None), col(Message.next_attempt_at) <= now),
         )
         .order_by(col(Message.id))
@@ -152,8 +182,7 @@ def claim(
         )
         .returning(col(Message.id), col(Message.to), col(Message.carrier))
     )
-    rows = [(int(i), str(to), carrier) for i, to, carrier in session.execute(stmt)]
-    return token, rows
+    return sorted((int(i), str(to), carrier) for i, to, carrier in session.execute(stmt))  # RETURNING has no order
 
 
 def mnp_overrides(session: Session, org_id: str, numbers: Iterable[str]) -> dict[str, str]:

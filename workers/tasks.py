@@ -38,6 +38,7 @@ AGAIN_KEY = "loa:dispatch:again"
 DISPATCH_LOCK_S = 30
 TICK_LOCK_S = 30
 MAX_PASSES = 20
+DISPATCH_BUDGET_S = 10.0  # well inside the lock: a second dispatcher never runs alongside
 RECEIPTS_AGAIN_KEY = "loa:receipts:again"
 RECEIPTS_LOCK_S = 60
 RECEIPTS_BUDGET_S = 10.0
@@ -110,12 +111,13 @@ def dispatch_while_asked(rt: Runtime) -> int:
             if not got:
                 rt.redis.set(AGAIN_KEY, "1", px=DISPATCH_LOCK_S * 1000)
                 return 0
+            started = time.monotonic()
             for _ in range(MAX_PASSES):
                 rt.redis.delete(AGAIN_KEY)
                 n = run_dispatch(rt)
                 total += n
-                if not n or not rt.redis.exists(AGAIN_KEY):
-                    break
+                if not n or not rt.redis.exists(AGAIN_KEY) or time.monotonic() - started > DISPATCH_BUDGET_S:
+                    break  # past the budget, the next kick or tick goes on
     except redis.RedisError as exc:
         # No Redis, no broker either: nothing could be enqueued. The next tick tries again.
         log.warning("dispatch skipped: redis unavailable (%s)", exc)

@@ -1,0 +1,50 @@
+"""The dispatcher's claim cursor: each claim scans above the last id it took, and rows given back
+to the queue below it (retries, sweeps, a pause) are still claimed, lowest first."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from campaigns import dispatch
+from campaigns.dispatch import claim
+from campaigns.models import Campaign
+from campaigns.sending import release
+from loa.db import transaction
+from tests.campaigns.test_scheduling import rows, running
+
+
+def claim_ids(engine: Engine, cid: str, limit: int) -> tuple[str, list[int]]:
+    with transaction(engine) as session:
+        campaign = session.get(Campaign, cid)
+        assert campaign is not None
+        token, claimed = claim(session, campaign, limit, 60)
+        return token, [mid for mid, _, _ in claimed]
+
+
+def test_claims_go_up_and_take_back_what_was_given_back_below(db: Engine) -> None:
+    cid = running(db, 10)
+    ids = [m.id for m in rows(db, cid)]
+    first_token, first = claim_ids(db, cid, 4)
+    assert first == ids[:4]
+    _, second = claim_ids(db, cid, 4)
+    assert second == ids[4:8]
+    with transaction(db) as session:  # a retry of the first batch goes back below the cursor
+        release(session, first[:2], first_token)
+    _, third = claim_ids(db, cid, 4)  # two above the cursor, then the lowest again
+    assert third == sorted([*ids[8:10], *first[:2]])
+    _, rest = claim_ids(db, cid, 4)
+    assert rest == []
+
+
+def test_rows_below_the_cursor_wait_at_most_the_rescan_interval(db: Engine) -> None:
+    cid = running(db, 12)
+    ids = [m.id for m in rows(db, cid)]
+    token, first = claim_ids(db, cid, 2)
+    with transaction(db) as session:
+        release(session, first, token)
+    _, next_up = claim_ids(db, cid, 2)  # rows above the cursor come first while there are enough
+    assert next_up == ids[2:4]
+    after, _ = dispatch._claim_cursor[cid]
+    dispatch._claim_cursor[cid] = (after, 0.0)  # as if the last scan from the bottom were long ago
+    _, rescanned = claim_ids(db, cid, 2)
+    assert rescanned == first
