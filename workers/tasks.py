@@ -16,7 +16,7 @@ import redis
 from campaigns.dispatch import Batch, Router, dispatch_pass
 from campaigns.models import Channel
 from campaigns.receipts import apply_inbox
-from campaigns.scheduling import purge_retention
+from campaigns.scheduling import purge_retention, refresh_statistics
 from campaigns.scheduling import tick as scheduler_tick
 from gateways.health import down_gateways
 from loa.db import transaction
@@ -145,6 +145,12 @@ def tick() -> dict[str, Any]:
                 return scheduler_tick(session, timeout, max_attempts=rt.settings.max_attempts)
 
         result: dict[str, Any] = dict(with_db_retry(step))
+
+        def analyze() -> bool:
+            with transaction(rt.engine) as session:
+                return refresh_statistics(session)
+
+        result["analyzed"] = with_db_retry(analyze)
     result["dispatched"] = dispatch_while_asked(rt)
     kick_receipts(rt)
     return result

@@ -3,11 +3,15 @@ to the queue below it (retries, sweeps, a pause) are still claimed, lowest first
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+import time
 
-from campaigns import dispatch
+import pytest
+from sqlalchemy import Engine, text
+
+from campaigns import dispatch, scheduling
 from campaigns.dispatch import claim
 from campaigns.models import Campaign
+from campaigns.scheduling import refresh_statistics
 from campaigns.sending import release
 from loa.db import transaction
 from tests.campaigns.test_scheduling import rows, running
@@ -48,3 +52,26 @@ def test_rows_below_the_cursor_wait_at_most_the_rescan_interval(db: Engine) -> N
     dispatch._claim_cursor[cid] = (after, 0.0)  # as if the last scan from the bottom were long ago
     _, rescanned = claim_ids(db, cid, 2)
     assert rescanned == first
+
+
+def test_statistics_are_refreshed_after_enough_changes_and_not_again_at_once(
+    db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.dialect.name != "postgresql":
+        with transaction(db) as session:
+            assert refresh_statistics(session) is False
+        return
+    monkeypatch.setattr(scheduling, "ANALYZE_AFTER_ROWS", 5)
+    running(db, 20)
+    changed = text("SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relid = 'message'::regclass")
+    deadline = time.monotonic() + 10  # a backend reports its counts within a second or so
+    while True:
+        with transaction(db) as session:
+            if (session.scalar(changed) or 0) >= 20 or time.monotonic() > deadline:
+                break
+        time.sleep(0.2)
+    with transaction(db) as session:
+        assert refresh_statistics(session) is True
+    with transaction(db) as session:
+        assert session.scalar(changed) == 0
+        assert refresh_statistics(session) is False  # analyzed a moment ago
