@@ -68,9 +68,13 @@ def _move_sql(dialect: str, *, look: bool = True) -> str:
     cheaper than letting ``ON CONFLICT`` find them, and exact because uploads to a campaign take
     turns (:func:`_lock_campaign`). Without ``look`` an address the campaign holds trips the unique
     constraint instead (see :class:`_PostgresWriter`). ``OFFSET 0`` keeps ``NOT EXISTS`` a probe
-    of the unique index per row: as a join, the planner (whose statistics still count the campaign
-    from before the upload) hashes every message of the campaign for every chunk, and a
-    million-row upload takes minutes.
+    per row: as a join, the planner (whose statistics still count the campaign from before the
+    upload) hashes every message of the campaign for every chunk, and a million-row upload takes
+    minutes. The probe goes through the index on the address alone (`campaign_id || ''` cannot use
+    an index): statistics taken while another campaign filled the table make a new campaign look
+    nearly empty, the planner then probed the (campaign_id, status, id) index on campaign_id alone,
+    and every probe read every row the upload had already inserted (a 100k-row upload ran for
+    minutes). An address is in few campaigns, whatever the statistics say.
     SQLite: ``ON CONFLICT DO NOTHING`` skips later occurrences, also within one statement.
 
     Rows go in ordered by address, then row number: the first occurrence of an address in the
@@ -88,7 +92,8 @@ def _move_sql(dialect: str, *, look: bool = True) -> str:
     suppression = f'FROM {_STAGE} AS s LEFT JOIN suppression AS x ON x.org_id = :org_id AND x.address = s."to"'
     if postgres:
         held = """WHERE NOT EXISTS (
-            SELECT FROM message AS m WHERE m.campaign_id = CAST(:campaign_id AS varchar) AND m."to" = s."to" OFFSET 0
+            SELECT FROM message AS m WHERE m."to" = s."to" AND m.campaign_id || '' = CAST(:campaign_id AS varchar)
+            OFFSET 0
         )"""
         return f"""{insert}
         SELECT DISTINCT ON (s."to") CAST(:campaign_id AS varchar), :upload_id, {columns}
