@@ -62,16 +62,25 @@ def test_statistics_are_refreshed_after_enough_changes_and_not_again_at_once(
             assert refresh_statistics(session) is False
         return
     monkeypatch.setattr(scheduling, "ANALYZE_AFTER_ROWS", 5)
-    running(db, 20)
+    monkeypatch.setattr(scheduling, "ANALYZE_EVERY_S", 0)  # other tests' workers may have analyzed
     changed = text("SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relid = 'message'::regclass")
-    deadline = time.monotonic() + 10  # a backend reports its counts within a second or so
-    while True:
-        with transaction(db) as session:
-            if (session.scalar(changed) or 0) >= 20 or time.monotonic() > deadline:
-                break
-        time.sleep(0.2)
+
+    def wait_for_changes(n: int) -> None:
+        deadline = time.monotonic() + 10  # a backend reports its counts within a second or so
+        while True:
+            with transaction(db) as session:
+                if (session.scalar(changed) or 0) >= n or time.monotonic() > deadline:
+                    return
+            time.sleep(0.2)
+
+    running(db, 20)
+    wait_for_changes(20)
     with transaction(db) as session:
         assert refresh_statistics(session) is True
     with transaction(db) as session:
         assert session.scalar(changed) == 0
-        assert refresh_statistics(session) is False  # analyzed a moment ago
+    monkeypatch.setattr(scheduling, "ANALYZE_EVERY_S", 60)
+    running(db, 20)
+    wait_for_changes(20)
+    with transaction(db) as session:
+        assert refresh_statistics(session) is False  # enough changes, but analyzed a moment ago
