@@ -108,8 +108,10 @@ def load_batch(
 
     `template_of` may give the parts to render instead of `campaign.template` (the email path
     adds a text part derived from the HTML once per campaign rather than once per message).
-    With `inflight_lease_s` the rows are marked in flight as they are read (`begin_submit` in the
-    same statement: the SMS path marks a whole batch before it goes out)."""
+    With `inflight_lease_s` the rows are marked in flight as they are read (the SMS path marks a
+    whole batch before it goes out). Rows already in flight are not loaded again: a task
+    redelivered after its worker died must not resend what the dead worker may have submitted
+    (the send journal and the lease sweep decide about those)."""
     campaign = session.get(Campaign, campaign_id)
     if (
         campaign is None
@@ -131,7 +133,8 @@ def load_batch(
             )
         ).all()
     else:
-        rows = sorted(session.execute(_mark_inflight(session, ids, claim, inflight_lease_s).returning(*columns)).all())
+        mark = _mark_inflight(session, ids, [claim], claim, inflight_lease_s)
+        rows = sorted(session.execute(mark.returning(*columns)).all())
     batch = LoadedBatch(campaign=campaign, validity=_validity(campaign))
     template = template_of(campaign) if template_of is not None else campaign.template
     failures: list[Outcome] = []
@@ -173,13 +176,13 @@ def release(session: Session, ids: Iterable[int], claim: str) -> None:
     counters.apply_changes(session, before)
 
 
-def _mark_inflight(session: Session, ids: Sequence[int], claim: str, lease_s: float) -> Any:
+def _mark_inflight(session: Session, ids: Sequence[int], held_as: list[str], claim: str, lease_s: float) -> Any:
     now = utcnow()
     return (
         update(Message)
         .where(
             any_of(session, col(Message.id), list(ids)),
-            col(Message.claim).in_([claim, inflight_claim(claim)]),
+            col(Message.claim).in_(held_as),
             col(Message.status) == MessageStatus.DISPATCHING.value,
         )
         .values(claim=inflight_claim(claim), lease_until=now + timedelta(seconds=lease_s), updated_at=now)
@@ -190,7 +193,8 @@ def begin_submit(session: Session, ids: Sequence[int], claim: str, lease_s: floa
     """Mark rows in flight right before their submit; returns the ids this claim still owns.
 
     Idempotent (a retried transaction finds its rows already marked) and it renews their lease."""
-    result = session.execute(_mark_inflight(session, ids, claim, lease_s).returning(col(Message.id)))
+    held_as = [claim, inflight_claim(claim)]
+    result = session.execute(_mark_inflight(session, ids, held_as, claim, lease_s).returning(col(Message.id)))
     return {int(i) for i in result.scalars()}
 
 

@@ -15,8 +15,9 @@ from campaigns import counters
 from campaigns.dispatch import Batch, Router, dispatch_pass
 from campaigns.models import Campaign, CampaignStatus, Message, MessageEvent, MessageStatus, Priority
 from campaigns.scheduling import complete_finished, sweep_expired_leases, tick
-from campaigns.sending import Outcome, begin_submit, record, release
+from campaigns.sending import Outcome, begin_submit, inflight_claim, load_batch, record, release
 from gateways.config import GatewaysConfig, builtin_gateways
+from loa.crypto import SecretBox
 from loa.db import transaction
 from loa.timeutil import utcnow
 from tests.workers.wave_kit import campaign_row, counts, seed_campaign, set_campaign
@@ -288,3 +289,18 @@ def test_paused_campaigns_are_neither_dispatched_nor_completed(db: Engine) -> No
     assert dispatch(db) == []
     run_tick(db)
     assert campaign_row(db, cid).status is CampaignStatus.PAUSED
+
+
+def test_a_redelivered_send_task_leaves_rows_already_in_flight_alone(db: Engine) -> None:
+    """A worker killed mid-batch leaves its rows in flight; Celery hands the task to another
+    worker, which must not submit them again (the journal and the sweep decide about them)."""
+    cid = running(db, 4)
+    batch = dispatch(db)[0]
+    box = SecretBox("test-secret-key-0123456789")
+    with transaction(db) as session:  # the first worker loads and marks the batch, then dies
+        first = load_batch(session, box, cid, batch.ids, batch.claim, inflight_lease_s=60)
+    assert [m.id for m in first.messages] == batch.ids
+    with transaction(db) as session:  # the redelivered task
+        again = load_batch(session, box, cid, batch.ids, batch.claim, inflight_lease_s=60)
+    assert again.messages == []
+    assert all(m.claim == inflight_claim(batch.claim) for m in rows(db, cid))
