@@ -264,12 +264,14 @@ def send_sms_batch(
     gateway = sessions.gateway
     journal = sessions.journal
     key = journal_key(gateway.name, claim)
-    if journal is not None:
-        journal.open(key)
+    fresh = journal.open(key) if journal is not None else False
     batch = with_db_retry(lambda: _load(rt, campaign_id, ids, claim))
     campaign = batch.campaign
     if campaign is None or not batch.messages:
-        if journal is not None:
+        # A redelivered task (its worker was killed) finds the rows in flight and loads nothing:
+        # the journal is then the dead worker's account of what the SMSC accepted, which the
+        # scheduler's recovery needs. Deleting it here made the sweep resend accepted messages.
+        if journal is not None and fresh:
             journal.forget(key)
         return {}
     table = ErrorTable(gateway.error_overrides())

@@ -69,13 +69,16 @@ class SendJournal:
         self._thread = threading.Thread(target=self._run, name="sms-journal", daemon=True)
         self._thread.start()
 
-    def open(self, key: str) -> None:
+    def open(self, key: str) -> bool:
         """Start a batch's journal before its rows are marked in flight: recovery then knows that
-        rows without an `i` entry were never about to be sent."""
+        rows without an `i` entry were never about to be sent. False when the journal already
+        existed: the task was redelivered after its worker died, and that journal is the dead
+        worker's record (see `send_sms_batch`)."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.rpush(key, "h")
         pipe.pexpire(key, self._ttl_ms)
-        pipe.execute()
+        length, _ = pipe.execute()
+        return int(length) == 1
 
     def intend(self, key: str, message_ids: Sequence[int], stop_keys: Sequence[str] = ()) -> bool:
         """Record (synchronously) that these messages are about to be submitted. The same round

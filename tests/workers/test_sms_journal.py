@@ -4,6 +4,7 @@ never about to go is re-queued plainly (not counted). Journals of live batches a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import redis
@@ -12,10 +13,15 @@ from sqlmodel import col
 
 from campaigns.models import Message, SmsSegment
 from campaigns.scheduling import sweep_expired_leases
-from campaigns.sending import begin_submit
+from campaigns.sending import begin_submit, load_batch
 from loa.db import transaction
+from loa.settings import Settings
 from loa.timeutil import utcnow
+from tests.campaigns.test_scheduling import GATEWAYS, dispatch, running
 from tests.workers.wave_kit import seed_campaign
+from workers.runtime import Runtime
+from workers.send_sms import send_sms_batch
+from workers.smpp_runtime import GatewaySessions
 from workers.sms_journal import SendJournal, journal_key, recover_journals
 
 
@@ -97,6 +103,44 @@ def test_journals_of_live_or_finished_batches_are_left_alone_or_dropped(
         session.execute(update(Message).where(col(Message.id).in_(live)).values(lease_until=utcnow()))
     assert recover_journals(redis_client, db, max_attempts=5, idle_s=3600)["ambiguous"] == 0
     assert redis_client.exists(live_key)
+
+
+def test_a_redelivered_task_leaves_the_dead_workers_journal_to_recovery(
+    db: Engine, redis_client: redis.Redis[bytes], make_settings: Callable[..., Settings]
+) -> None:
+    """Celery hands a killed worker's task to another worker. That one finds the rows in flight
+    and sends nothing; the journal is the only record of what the SMSC accepted, and deleting it
+    made the sweep resend all of them (130 duplicates in a kill -9 run)."""
+    cid = running(db, 20)
+    batch = dispatch(db)[0]
+    rt = Runtime(make_settings())
+    journal = SendJournal(redis_client, ttl_s=600)
+    key = journal_key(batch.gateway, batch.claim)
+    # The first worker: opens its journal, loads and marks the batch, submits ten, six accepted.
+    assert journal.open(key) is True
+    with transaction(db) as session:
+        load_batch(session, rt.box, cid, batch.ids, batch.claim, inflight_lease_s=60)
+    journal.intend(key, batch.ids[:10])
+    for mid in batch.ids[:6]:
+        journal.accepted(key, mid, 0, 1, f"P{mid}")
+    journal.wait_backlog(1)
+    # ... is killed; the redelivered task runs on a live worker.
+    gateway = next(g for g in GATEWAYS.smpp if g.name == batch.gateway)
+    sessions = GatewaySessions(gateway, rt, lambda _g, _on: None, lambda: None, "redelivery", journal)
+    try:
+        assert send_sms_batch(rt, sessions, cid, batch.claim, batch.ids) == {}
+    finally:
+        journal.close()
+        rt.engine.dispose()
+    assert redis_client.exists(key)
+
+    with transaction(db) as session:  # the dead worker's lease runs out
+        session.execute(update(Message).where(col(Message.id).in_(batch.ids)).values(lease_until=utcnow()))
+    totals = recover_journals(redis_client, db, max_attempts=5, idle_s=0)
+    assert totals == {"sent": 6, "ambiguous": 4, "unsent": len(batch.ids) - 10}
+    assert {mid: status for mid, (status, _, _) in rows(db, batch.ids[:6]).items()} == dict.fromkeys(
+        batch.ids[:6], "sent"
+    )
 
 
 def test_forget_waits_for_the_writer_then_deletes(redis_client: redis.Redis[bytes]) -> None:
