@@ -1,9 +1,9 @@
-"""The dispatcher: claims batches of queued messages with a conditional update, routes them to a
-gateway, and hands back one batch per gateway for a send task. Never one task per message.
+"""The dispatcher: picks queued messages, routes them to a gateway, and claims them in batches
+of one gateway each for a send task (never one task per message), in one update per batch.
 
-Claims use `FOR UPDATE SKIP LOCKED` on Postgres so several dispatchers never take the same row;
-on SQLite the `BEGIN IMMEDIATE` transaction serialises writers. Each claim carries a token, so a
-send task only ever touches the rows of its own claim.
+Picks use `FOR UPDATE SKIP LOCKED` on Postgres so several dispatchers never take the same row;
+on SQLite the `BEGIN IMMEDIATE` transaction serialises writers. Each batch's claim carries a
+token, so a send task only ever touches the rows of its own claim.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sqlmodel import Session, col
 
 from campaigns import counters
 from campaigns.bulk import any_of, insert_rows
-from campaigns.frequency import hold_over_cap
+from campaigns.frequency import Claimed, hold_over_cap
 from campaigns.models import (
     PRIORITY_WEIGHT,
     Campaign,
@@ -129,60 +129,50 @@ def dispatchable_campaigns(session: Session) -> list[Campaign]:
     return campaigns
 
 
-def claim(
-    session: Session, campaign: Campaign, limit: int, lease_s: int
-) -> tuple[str, list[tuple[int, str, str | None]]]:
-    """Take up to `limit` of the campaign's ready messages, lowest ids first, under a new token.
+def pick(session: Session, campaign: Campaign, limit: int) -> list[Claimed]:
+    """Up to `limit` of the campaign's ready messages, lowest ids first, locked until the
+    transaction ends (`FOR UPDATE SKIP LOCKED`) but not changed: the dispatcher claims and routes
+    the ones it sends in one update per batch, and those it has no room for stay as they were.
 
-    The scan starts above the highest id this process claimed last time (`_claim_cursor`), and
+    The scan starts above the highest id this process picked last time (`_claim_cursor`), and
     from the lowest id when that comes up short or every `RESCAN_S` (rows given back to the queue
-    meanwhile: retries, sweeps, a pause). Without it every claim walked past all the rows already
+    meanwhile: retries, sweeps, a pause). Without it every pick walked past all the rows already
     claimed: their old index entries stay until vacuum, and a planner whose statistics predate
     the wave walks the primary key through them (0.3-1.7 s a claim half-way through 1M rows)."""
-    token = secrets.token_hex(8)
     ticks = time.monotonic()
     after, scanned_at = _claim_cursor.get(campaign.id, (0, ticks))
     start = 0 if ticks - scanned_at > RESCAN_S else after
-    rows = _claim_above(session, campaign, start, limit, lease_s, token)
+    rows = _pick_above(session, campaign, start, limit)
     if start and len(rows) < limit:
-        rows = sorted(rows + _claim_above(session, campaign, 0, limit - len(rows), lease_s, token))
+        taken = {mid for mid, _, _ in rows}  # locked by us, so the scan from the bottom sees them
+        below = _pick_above(session, campaign, 0, limit, skip=taken)[: limit - len(rows)]
+        rows = sorted(rows + below)
         start = 0
     if len(_claim_cursor) > 10_000:  # campaigns come and go: keep this bounded
         _claim_cursor.clear()
     top = max((mid for mid, _, _ in rows), default=0)
     _claim_cursor[campaign.id] = (max(top, after), ticks if start == 0 else scanned_at)
-    return token, rows
+    return rows
 
 
-def _claim_above(
-    session: Session, campaign: Campaign, after: int, limit: int, lease_s: int, token: str
-) -> list[tuple[int, str, str | None]]:
-    now = utcnow()
+def _pick_above(
+    session: Session, campaign: Campaign, after: int, limit: int, skip: Iterable[int] = ()
+) -> list[Claimed]:
     pick = (
-        select(col(Message.id))
+        select(col(Message.id), col(Message.to), col(Message.carrier))
         .where(
             col(Message.campaign_id) == campaign.id,
             col(Message.status) == MessageStatus.QUEUED.value,
             col(Message.id) > after,
-            or_(col(Message.next_attempt_at).is_(None), col(Message.next_attempt_at) <= now),
+            or_(col(Message.next_attempt_at).is_(None), col(Message.next_attempt_at) <= utcnow()),
         )
         .order_by(col(Message.id))
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    stmt = (
-        update(Message)
-        .where(col(Message.id).in_(pick.scalar_subquery()))
-        .values(
-            status=MessageStatus.DISPATCHING.value,
-            claim=token,
-            lease_until=now + timedelta(seconds=lease_s),
-            updated_at=now,
-        )
-        .returning(col(Message.id), col(Message.to), col(Message.carrier))
-    )
-    return sorted((int(i), str(to), carrier) for i, to, carrier in session.execute(stmt))  # RETURNING has no order
+        pick = pick.with_for_update(skip_locked=True)  # our own locks are not skipped: `skip`
+    skip = set(skip)
+    return [(int(i), str(to), carrier) for i, to, carrier in session.execute(pick) if int(i) not in skip]
 
 
 def mnp_overrides(session: Session, org_id: str, numbers: Iterable[str]) -> dict[str, str]:
@@ -237,7 +227,7 @@ class _Turn:
     batches: list[Batch] = field(default_factory=list)
 
     def take(self, campaign: Campaign) -> bool:
-        """Claim the campaign's share of this round; True when it may have more for another."""
+        """Send the campaign's share of this round; True when it may have more for another."""
         session, room, batch_size = self.session, self.room, self.batch_size
         # Only gateways with room count: one over its cap must not eat another's room.
         channel_room = sum(max(0, v) for (ch, _), v in room.items() if ch is campaign.channel)
@@ -245,10 +235,10 @@ class _Turn:
         routes = [g for g in _last_routes.get(campaign.id, ()) if g is not None]
         if want <= 0 or (routes and all(room.get((campaign.channel, g), 0) <= 0 for g in routes)):
             return False
-        token, rows = claim(session, campaign, want, self.lease_s)
+        rows = pick(session, campaign, want)
         campaign.dispatch_turn += 1
         more = len(rows) == want
-        rows = hold_over_cap(session, campaign, token, rows)  # recipients at the org's frequency cap wait
+        rows = hold_over_cap(session, campaign, rows)  # recipients at the org's frequency cap wait
         if not rows:
             return more
         by_gateway: dict[str | None, list[int]] = defaultdict(list)
@@ -261,19 +251,20 @@ class _Turn:
         if len(_last_routes) > 10_000:  # campaigns come and go: keep this bounded
             _last_routes.clear()
         _last_routes[campaign.id] = frozenset(by_gateway)
-        by_gateway = _within_room(session, by_gateway, room, campaign.channel, batch_size)
+        by_gateway = _within_room(by_gateway, room, campaign.channel, batch_size)
         if not by_gateway:
             return more
-        counted = counters.snapshot(session, (i for ids in by_gateway.values() for i in ids), was=MessageStatus.QUEUED)
-        # The rows are locked since the claim: their new states follow from the updates below.
+        counted = counters.snapshot(session, (i for ids in by_gateway.values() for i in ids))
+        # The rows are locked since the pick: their new states follow from the updates below.
         after = dict(counted.states)
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self.lease_s)
         for gateway, ids in by_gateway.items():
             if gateway is None:
                 _fail_unroutable(session, ids)
                 counters.derive(after, counted, ids, status=MessageStatus.FAILED.value, error=NO_ROUTE)
                 continue
             counters.derive(after, counted, ids, status=MessageStatus.DISPATCHING.value, gateway=gateway)
-            now = utcnow()
             insert_rows(
                 session,
                 _events,
@@ -282,12 +273,20 @@ class _Turn:
             room[(campaign.channel, gateway)] = room.get((campaign.channel, gateway), 0) - len(ids)
             for start in range(0, len(ids), batch_size):
                 # A claim token of its own per batch: a send task, its lease and its send journal
-                # then own exactly the rows of its batch, never those of a sibling batch.
+                # then own exactly the rows of its batch, never those of a sibling batch. One
+                # update claims and routes them (each update of a message row costs a new row
+                # version and an entry in each of its indexes).
                 chunk, batch_claim = ids[start : start + batch_size], secrets.token_hex(8)
                 session.execute(
                     update(_messages)
                     .where(any_of(session, _messages.c.id, chunk))
-                    .values(gateway=gateway, claim=batch_claim)
+                    .values(
+                        status=MessageStatus.DISPATCHING.value,
+                        gateway=gateway,
+                        claim=batch_claim,
+                        lease_until=lease_until,
+                        updated_at=now,
+                    )
                 )
                 self.batches.append(Batch(campaign.channel, gateway, campaign.id, batch_claim, chunk))
         counters.apply_states(session, counted, after)
@@ -295,17 +294,15 @@ class _Turn:
 
 
 def _within_room(
-    session: Session,
     by_gateway: dict[str | None, list[int]],
     room: dict[tuple[Channel, str], int],
     channel: Channel,
     batch_size: int,
 ) -> dict[str | None, list[int]]:
-    """What each gateway's queue has room for (rounded up to whole batches); the rest of the claim
-    goes back to the queue untouched. Without this a campaign routed to a full gateway fills it
-    past its cap on another gateway's room, and that gateway starves."""
+    """What each gateway's queue has room for (rounded up to whole batches); the rest of the
+    pick stays queued, untouched. Without this a campaign routed to a full gateway fills it past
+    its cap on another gateway's room, and that gateway starves."""
     kept: dict[str | None, list[int]] = {}
-    back: list[int] = []
     for gateway, ids in by_gateway.items():
         left = room.get((channel, gateway)) if gateway is not None else None
         if left is None:  # unroutable (failed below) or not a configured gateway: no cap to keep
@@ -314,13 +311,6 @@ def _within_room(
         n = 0 if left <= 0 else min(len(ids), -(-left // batch_size) * batch_size)
         if n:
             kept[gateway] = ids[:n]
-        back.extend(ids[n:])
-    if back:
-        session.execute(
-            update(_messages)
-            .where(any_of(session, _messages.c.id, back))
-            .values(status=MessageStatus.QUEUED.value, claim=None, lease_until=None)
-        )
     return kept
 
 

@@ -36,12 +36,12 @@ __all__ = ["CODE", "WINDOW", "hold_over_cap"]
 WINDOW = timedelta(hours=24)
 CODE = "frequency_cap"
 
-Claimed = tuple[int, str, str | None]  # (message id, to, carrier) as the dispatcher claims them
+Claimed = tuple[int, str, str | None]  # (message id, to, carrier) as the dispatcher picks them
 
 
-def hold_over_cap(session: Session, campaign: Campaign, claim: str, rows: Sequence[Claimed]) -> list[Claimed]:
-    """The claimed rows that may be sent now; the others are given back to the queue until the
-    cap allows them (see the module docstring)."""
+def hold_over_cap(session: Session, campaign: Campaign, rows: Sequence[Claimed]) -> list[Claimed]:
+    """The picked rows that may be sent now; the others wait in the queue until the cap allows
+    them (see the module docstring)."""
     if not rows:
         return list(rows)
     cap = session.scalar(select(col(Organisation.frequency_cap)).where(col(Organisation.id) == campaign.org_id))
@@ -75,7 +75,7 @@ def hold_over_cap(session: Session, campaign: Campaign, claim: str, rows: Sequen
             # One more fits once all but cap - 1 of them are older than the window.
             held.append(_Held(row[0], times[len(times) - cap] + WINDOW, len(times)))
     if held:
-        _hold(session, claim, held, cap, now)
+        _hold(session, held, cap, now)
     return allowed
 
 
@@ -86,15 +86,12 @@ class _Held:
     recent: int  # messages to the recipient in the last 24 h
 
 
-def _hold(session: Session, claim: str, held: list[_Held], cap: int, now: datetime) -> None:
+def _hold(session: Session, held: list[_Held], cap: int, now: datetime) -> None:
     table = table_of(Message)  # Core: an executemany of one UPDATE per held row
     session.execute(
         update(table)
-        .where(table.c.id == bindparam("mid"), table.c.claim == claim)
+        .where(table.c.id == bindparam("mid"), table.c.status == MessageStatus.QUEUED.value)
         .values(
-            status=MessageStatus.QUEUED.value,
-            claim=None,
-            lease_until=None,
             next_attempt_at=bindparam("until"),
             error_code=CODE,
             error_text=bindparam("reason"),

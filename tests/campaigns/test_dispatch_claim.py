@@ -1,16 +1,18 @@
-"""The dispatcher's claim cursor: each claim scans above the last id it took, and rows given back
-to the queue below it (retries, sweeps, a pause) are still claimed, lowest first."""
+"""The dispatcher's pick cursor: each pick scans above the last id it took, and rows given back
+to the queue below it (retries, sweeps, a pause) are still picked, lowest first."""
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, text, update
+from sqlmodel import col
 
 from campaigns import dispatch, scheduling
-from campaigns.dispatch import claim
-from campaigns.models import Campaign
+from campaigns.dispatch import pick
+from campaigns.models import Campaign, Message, MessageStatus
 from campaigns.scheduling import refresh_statistics
 from campaigns.sending import release
 from loa.db import transaction
@@ -18,11 +20,33 @@ from tests.campaigns.test_scheduling import rows, running
 
 
 def claim_ids(engine: Engine, cid: str, limit: int) -> tuple[str, list[int]]:
+    """Pick and claim, as the dispatcher does for the rows it sends."""
+    token = secrets.token_hex(8)
     with transaction(engine) as session:
         campaign = session.get(Campaign, cid)
         assert campaign is not None
-        token, claimed = claim(session, campaign, limit, 60)
-        return token, [mid for mid, _, _ in claimed]
+        ids = [mid for mid, _, _ in pick(session, campaign, limit)]
+        session.execute(
+            update(Message)
+            .where(col(Message.id).in_(ids))
+            .values(status=MessageStatus.DISPATCHING.value, claim=token, gateway="gw")
+        )
+        return token, ids
+
+
+def test_a_pick_changes_nothing_and_a_second_pick_in_the_same_transaction_sees_the_same_rows(db: Engine) -> None:
+    """Rows picked and not claimed (their gateway had no room) stay queued, untouched."""
+    cid = running(db, 6)
+    ids = [m.id for m in rows(db, cid)]
+    with transaction(db) as session:
+        campaign = session.get(Campaign, cid)
+        assert campaign is not None
+        assert [mid for mid, _, _ in pick(session, campaign, 4)] == ids[:4]
+        dispatch._claim_cursor[cid] = (0, time.monotonic())
+        assert [mid for mid, _, _ in pick(session, campaign, 4)] == ids[:4]
+    assert {m.status for m in rows(db, cid)} == {MessageStatus.QUEUED}
+    _, above = claim_ids(db, cid, 10)  # the cursor sits at ids[3]: the rest, then the bottom again
+    assert above == ids
 
 
 def test_claims_go_up_and_take_back_what_was_given_back_below(db: Engine) -> None:
