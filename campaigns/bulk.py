@@ -1,7 +1,7 @@
 """Set-based SQL helpers for the hot paths (dispatch, send outcomes, receipts), each with a
 portable fallback for SQLite.
 
-- `any_of(column, ids)`: `column = ANY(:array)` on Postgres, one parameter however many
+- `any_of(column, values)`: `column = ANY(:array)` on Postgres, one parameter however many
   values, so the statement compiles once and is cached; `IN (...)` elsewhere.
 - `insert_rows(session, table, rows)`: COPY on Postgres (timeline events and segments are written
   per message, thousands per second); a Core executemany elsewhere.
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from psycopg.types.json import Json
-from sqlalchemy import JSON, BigInteger, ColumnElement, Table, any_, bindparam, cast, insert
+from sqlalchemy import JSON, BigInteger, ColumnElement, String, Table, any_, bindparam, cast, insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import UserDefinedType
 from sqlmodel import Session
@@ -38,12 +38,13 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def any_of(session: Session, column: Any, values: Sequence[int]) -> ColumnElement[bool]:
-    """`column IN values` for integer ids, as one array parameter on Postgres."""
+def any_of(session: Session, column: Any, values: Sequence[Any], *, text: bool = False) -> ColumnElement[bool]:
+    """`column IN values`, as one array parameter on Postgres (integer ids, or strings with `text`)."""
     if is_postgres(session):
+        kind: ARRAY[Any] = ARRAY(String) if text else ARRAY(BigInteger)
         # Named after the column (stable: the compiled statement is cached across batches).
-        param: Any = bindparam(f"any_{column.key}", array_literal(values), type_=_ArrayText())
-        return column == any_(cast(param, ARRAY(BigInteger)))  # type: ignore[no-any-return]
+        param: Any = bindparam(f"any_{column.key}", array_literal(values, text=text), type_=_ArrayText())
+        return column == any_(cast(param, kind))  # type: ignore[no-any-return]
     return column.in_(list(values))  # type: ignore[no-any-return]
 
 

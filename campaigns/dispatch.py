@@ -182,7 +182,7 @@ def mnp_overrides(session: Session, org_id: str, numbers: Iterable[str]) -> dict
     rows = session.execute(
         select(col(MnpOverride.number), col(MnpOverride.carrier)).where(
             col(MnpOverride.org_id) == org_id,
-            col(MnpOverride.number).in_(numbers),
+            any_of(session, col(MnpOverride.number), numbers, text=True),  # IN of 200: compiled each time
         )
     )
     return dict(rows.tuples().all())

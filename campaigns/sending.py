@@ -123,13 +123,14 @@ def load_batch(
     ):
         release(session, ids, claim)
         return LoadedBatch(campaign=None)
-    columns = (col(Message.id), col(Message.to), col(Message.fields), col(Message.secrets), col(Message.attempts))
+    t = _messages  # Core, not the ORM: its bulk-update machinery cost ~10 % of an SMS worker
+    columns = (t.c.id, t.c.to, t.c.fields, t.c.secrets, t.c.attempts)
     if inflight_lease_s is None:
         rows = session.execute(
             select(*columns).where(
-                any_of(session, col(Message.id), ids),
-                col(Message.claim) == claim,
-                col(Message.status) == MessageStatus.DISPATCHING.value,
+                any_of(session, t.c.id, ids),
+                t.c.claim == claim,
+                t.c.status == MessageStatus.DISPATCHING.value,
             )
         ).all()
     else:
@@ -177,13 +178,13 @@ def release(session: Session, ids: Iterable[int], claim: str) -> None:
 
 
 def _mark_inflight(session: Session, ids: Sequence[int], held_as: list[str], claim: str, lease_s: float) -> Any:
-    now = utcnow()
+    now, t = utcnow(), _messages
     return (
-        update(Message)
+        update(t)
         .where(
-            any_of(session, col(Message.id), list(ids)),
-            col(Message.claim).in_(held_as),
-            col(Message.status) == MessageStatus.DISPATCHING.value,
+            any_of(session, t.c.id, list(ids)),
+            t.c.claim.in_(held_as),
+            t.c.status == MessageStatus.DISPATCHING.value,
         )
         .values(claim=inflight_claim(claim), lease_until=now + timedelta(seconds=lease_s), updated_at=now)
     )
@@ -194,7 +195,7 @@ def begin_submit(session: Session, ids: Sequence[int], claim: str, lease_s: floa
 
     Idempotent (a retried transaction finds its rows already marked) and it renews their lease."""
     held_as = [claim, inflight_claim(claim)]
-    result = session.execute(_mark_inflight(session, ids, held_as, claim, lease_s).returning(col(Message.id)))
+    result = session.execute(_mark_inflight(session, ids, held_as, claim, lease_s).returning(_messages.c.id))
     return {int(i) for i in result.scalars()}
 
 
