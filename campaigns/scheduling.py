@@ -9,7 +9,7 @@ retry (`next_attempt_at`) need no step here: the dispatcher claims them once the
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exists, insert, or_, select, text, update
@@ -93,16 +93,21 @@ def expire_past_deadline(session: Session) -> int:
     return expired
 
 
-def sweep_expired_leases(session: Session, *, max_attempts: int = 5, limit: int = SWEEP_LIMIT) -> dict[str, int]:
+def sweep_expired_leases(
+    session: Session, *, max_attempts: int = 5, limit: int = SWEEP_LIMIT, expired_before: datetime | None = None
+) -> dict[str, int]:
     """Messages a dead (or cut-off) worker had claimed go back to the queue.
 
     Only rows marked in flight (their submit was under way) may have reached the carrier: those
     count as an ambiguous resend and use an attempt, or fail when attempts are used up or their
-    campaign's policy is `hold`. Rows the worker never got to are plainly re-queued."""
+    campaign's policy is `hold`. Rows the worker never got to are plainly re-queued.
+    `expired_before`: sweep only leases that ran out before then (the moment the SMS send
+    journals were recovered; a lease that ran out since waits for the next tick)."""
     now = utcnow()
+    cutoff = expired_before or now
     pick = (
         select(col(Message.id), col(Message.claim), col(Message.attempts), col(Message.campaign_id))
-        .where(col(Message.status) == MessageStatus.DISPATCHING.value, col(Message.lease_until) < now)
+        .where(col(Message.status) == MessageStatus.DISPATCHING.value, col(Message.lease_until) < cutoff)
         .order_by(col(Message.id))
         .limit(limit)
     )
@@ -221,11 +226,17 @@ def purge_retention(session: Session, retention_days: int) -> int:
     return purged
 
 
-def tick(session: Session, receipt_timeout: timedelta, *, max_attempts: int = 5) -> dict[str, Any]:
+def tick(
+    session: Session,
+    receipt_timeout: timedelta,
+    *,
+    max_attempts: int = 5,
+    leases_expired_before: datetime | None = None,
+) -> dict[str, Any]:
     started = start_due(session)
     windows = update_windows(session)
     expired = expire_past_deadline(session)
-    swept = sweep_expired_leases(session, max_attempts=max_attempts)
+    swept = sweep_expired_leases(session, max_attempts=max_attempts, expired_before=leases_expired_before)
     completed = complete_finished(session, receipt_timeout)
     return {
         "started": started,

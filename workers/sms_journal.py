@@ -34,14 +34,14 @@ import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import redis
 from sqlalchemy import Engine, select, update
 from sqlmodel import col
 
 from campaigns.models import Message, MessageStatus
-from campaigns.sending import Outcome, inflight_claim, record
+from campaigns.sending import INFLIGHT_MARK, Outcome, inflight_claim, record
 from loa.db import transaction
 from loa.timeutil import utcnow
 
@@ -184,16 +184,50 @@ def _idle_keys(client: redis.Redis[bytes], idle_s: float) -> list[str]:
     return [key for key, idle in zip(keys, idles, strict=True) if not isinstance(idle, int) or idle >= idle_s]
 
 
+def _expired_claim_keys(client: redis.Redis[bytes], engine: Engine, now: datetime) -> list[str]:
+    """Journals of claims with rows in flight whose lease ran out before `now`.
+
+    The idle scan alone left a race: a journal written (or reopened by the redelivered task) less
+    than `idle_s` before the lease ran out was skipped, and the sweep then resent every accepted
+    message of that batch as ambiguous. These journals are looked at whatever their idle time."""
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(col(Message.gateway), col(Message.claim))
+            .where(
+                col(Message.status) == MessageStatus.DISPATCHING.value,
+                col(Message.lease_until) < now,
+                col(Message.claim).like(f"%{INFLIGHT_MARK}"),
+            )
+            .distinct()
+            .limit(1000)
+        ).all()
+    keys = sorted({journal_key(str(gateway), str(claim)[: -len(INFLIGHT_MARK)]) for gateway, claim in rows if gateway})
+    if not keys:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    return [key for key, found in zip(keys, pipe.execute(), strict=True) if found]
+
+
 def recover_journals(
-    client: redis.Redis[bytes], engine: Engine, *, max_attempts: int, idle_s: float = 10.0
+    client: redis.Redis[bytes],
+    engine: Engine,
+    *,
+    max_attempts: int,
+    idle_s: float = 10.0,
+    now: datetime | None = None,
 ) -> dict[str, int]:
     """Apply the journals of claims whose lease ran out (their worker died); see the module docstring.
 
-    Runs before the lease sweep. Only journals idle for `idle_s` are looked at (cheap for the
-    many live ones); journals of finished or swept claims are deleted."""
+    Runs before the lease sweep, which must then sweep only leases that ran out before the same
+    `now`: every in-flight claim it finds has had its journal applied. Journals idle for `idle_s`
+    are looked at too, so those of finished or swept claims are deleted."""
     totals = {"sent": 0, "ambiguous": 0, "unsent": 0}
     prefix = KEY.format("", "")[:-1]  # "loa:sms:jr:"
-    for key in _idle_keys(client, idle_s):
+    now = now or utcnow()
+    keys = sorted(set(_idle_keys(client, idle_s)) | set(_expired_claim_keys(client, engine, now)))
+    for key in keys:
         gateway, _, claim = key[len(prefix) :].partition(":")
         if not claim:
             continue
@@ -207,7 +241,6 @@ def recover_journals(
             if not rows:
                 client.delete(key)  # finished normally, or already swept
                 continue
-            now = utcnow()
             if any(lease is not None and lease >= now for _, _, lease in rows):
                 continue  # its worker is alive (or the lease has not run out yet)
             entries = _parse(client.lrange(key, 0, -1))

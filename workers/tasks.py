@@ -20,6 +20,7 @@ from campaigns.scheduling import purge_retention, refresh_statistics
 from campaigns.scheduling import tick as scheduler_tick
 from gateways.health import down_gateways
 from loa.db import transaction
+from loa.timeutil import utcnow
 from workers.celery_app import app
 from workers.queues import DISPATCH_QUEUE, RECEIPTS_QUEUE, email_queue, sms_queue
 from workers.retrying import with_db_retry
@@ -131,18 +132,22 @@ def tick() -> dict[str, Any]:
         if not got:
             return {"skipped": True}
         timeout = timedelta(hours=rt.settings.receipt_timeout_hours)
-        # Send journals of dead SMS workers, before the sweep. A journal is looked at once it has
-        # been idle for a third of a lease: by the time that lease runs out (a dead worker renewed
-        # it at most a third of a lease before it died), its journal is always older than that.
+        # Send journals of dead SMS workers, before the sweep, which then sweeps only leases that
+        # ran out before `cutoff`: every in-flight claim it takes has had its journal applied.
+        cutoff = utcnow()
         idle_s = min(10.0, rt.settings.lease_seconds / 3)
         with suppress(redis.RedisError):
             with_db_retry(
-                lambda: recover_journals(rt.redis, rt.engine, max_attempts=rt.settings.max_attempts, idle_s=idle_s)
+                lambda: recover_journals(
+                    rt.redis, rt.engine, max_attempts=rt.settings.max_attempts, idle_s=idle_s, now=cutoff
+                )
             )
 
         def step() -> dict[str, Any]:
             with transaction(rt.engine) as session:
-                return scheduler_tick(session, timeout, max_attempts=rt.settings.max_attempts)
+                return scheduler_tick(
+                    session, timeout, max_attempts=rt.settings.max_attempts, leases_expired_before=cutoff
+                )
 
         result: dict[str, Any] = dict(with_db_retry(step))
 

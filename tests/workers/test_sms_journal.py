@@ -98,9 +98,7 @@ def test_journals_of_live_or_finished_batches_are_left_alone_or_dropped(
     assert redis_client.exists(live_key)
     assert not redis_client.exists(done_key)
     assert {r[0] for r in rows(db, live).values()} == {"dispatching"}
-    # A journal written moments ago is not even looked at (a live batch writes at every group).
-    with transaction(db) as session:
-        session.execute(update(Message).where(col(Message.id).in_(live)).values(lease_until=utcnow()))
+    # Not idle and its lease still running: not even looked at.
     assert recover_journals(redis_client, db, max_attempts=5, idle_s=3600)["ambiguous"] == 0
     assert redis_client.exists(live_key)
 
@@ -141,6 +139,33 @@ def test_a_redelivered_task_leaves_the_dead_workers_journal_to_recovery(
     assert {mid: status for mid, (status, _, _) in rows(db, batch.ids[:6]).items()} == dict.fromkeys(
         batch.ids[:6], "sent"
     )
+
+
+def test_a_journal_written_moments_before_its_lease_ran_out_is_recovered_before_the_sweep(
+    db: Engine, redis_client: redis.Redis[bytes]
+) -> None:
+    """Recovery finds the journals of expired in-flight claims through the database, not only by
+    idle time: a journal touched less than `idle_s` ago (a late acceptance, or the redelivered
+    task reopening it) was skipped, and the sweep resent its accepted messages as ambiguous."""
+    ids = claimed(db, 10, "fresh001", lease_s=-1)
+    journal = SendJournal(redis_client, ttl_s=600)
+    key = journal_key("gw", "fresh001")
+    journal.open(key)
+    journal.intend(key, ids)
+    for mid in ids[:7]:
+        journal.accepted(key, mid, 0, 1, f"P{mid}")
+    journal.wait_backlog(1)
+    journal.close()
+
+    with transaction(db) as session:  # a sweep cut off before these leases ran out leaves them
+        assert sweep_expired_leases(session, max_attempts=5, expired_before=utcnow() - timedelta(seconds=30)) == {}
+    cutoff = utcnow()
+    totals = recover_journals(redis_client, db, max_attempts=5, idle_s=3600, now=cutoff)  # not idle at all
+    assert totals == {"sent": 7, "ambiguous": 3, "unsent": 0}
+    with transaction(db) as session:
+        swept = sweep_expired_leases(session, max_attempts=5, expired_before=cutoff)
+    assert swept == {"requeued": 0, "ambiguous": 3, "failed": 0}
+    assert {rows(db, ids)[mid][0] for mid in ids[:7]} == {"sent"}
 
 
 def test_forget_waits_for_the_writer_then_deletes(redis_client: redis.Redis[bytes]) -> None:
