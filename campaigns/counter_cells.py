@@ -144,9 +144,8 @@ def read_states(
     campaigns: Mapping[str, CampaignInfo] | None,
     *,
     lock: bool,
-    status: str | None = None,
 ) -> tuple[dict[int, MessageState], dict[str, CampaignInfo], Holds]:
-    """The counted states of these messages; `status` instead of the rows' own when given."""
+    """The counted states of these messages."""
     if not ids:
         return {}, dict(campaigns or {}), {}
     stmt = select(*_COLUMNS).where(any_of(session, _MESSAGES.c.id, ids)).order_by(_MESSAGES.c.id)
@@ -172,7 +171,7 @@ def read_states(
         states[int(mid)] = MessageState(
             cid,
             str(to),
-            status or str(row_status),
+            str(row_status),
             gateway,
             carrier,
             error,

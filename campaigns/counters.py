@@ -76,11 +76,10 @@ class Snapshot:
     holds: Holds = field(default_factory=dict)  # (claim, attempts) of each row, read with it
 
 
-def snapshot(session: Session, ids: Iterable[int], *, was: MessageStatus | None = None) -> Snapshot:
-    """The counted state of these messages before a change (rows locked on Postgres). `was`:
-    the rows already moved from this status in this transaction (a claim that returned them)."""
+def snapshot(session: Session, ids: Iterable[int]) -> Snapshot:
+    """The counted state of these messages before a change (rows locked on Postgres)."""
     id_list = sorted({int(i) for i in ids})
-    states, info, holds = read_states(session, id_list, None, lock=True, status=was.value if was else None)
+    states, info, holds = read_states(session, id_list, None, lock=True)
     return Snapshot(id_list, states, info, holds)
 
 

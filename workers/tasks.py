@@ -135,7 +135,7 @@ def tick() -> dict[str, Any]:
         # Send journals of dead SMS workers, before the sweep, which then sweeps only leases that
         # ran out before `cutoff`: every in-flight claim it takes has had its journal applied.
         cutoff = utcnow()
-        idle_s = min(10.0, rt.settings.lease_seconds / 3)
+        idle_s = min(10.0, rt.settings.lease_seconds / 3)  # idle journals too: orphans get deleted
         with suppress(redis.RedisError):
             with_db_retry(
                 lambda: recover_journals(
