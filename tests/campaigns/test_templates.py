@@ -3,11 +3,24 @@ placeholders are named, the sandbox refuses attribute tricks and huge values, HT
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2 import UndefinedError
 from jinja2.exceptions import SecurityError
 
-from campaigns.templates import TemplateError, check_template, placeholders, render, render_error
+from campaigns.templates import (
+    _ENV,
+    TemplateError,
+    _compile,
+    _Substitution,
+    check_template,
+    placeholders,
+    render,
+    render_error,
+)
 
 
 def test_placeholders_are_found_in_every_part() -> None:
@@ -87,3 +100,40 @@ def test_the_sandbox_refuses_escapes_and_huge_values(source: str) -> None:
 
 def test_small_arithmetic_and_repetition_still_work() -> None:
     assert render({"body": "{{ '-' * 3 }} {{ 2 ** 10 }} {{ n|int * 2 }}"}, {"n": "21"}).body == "--- 1024 42"
+
+
+_PIECES = st.lists(
+    st.one_of(
+        st.text(st.characters(blacklist_characters="{}%#"), max_size=8),
+        st.sampled_from(["{{ a }}", "{{b}}", "{{- a -}}", "{{ missing }}", "{{ range }}", "{# note #}", "\n"]),
+    ),
+    max_size=8,
+)
+_VALUES = st.dictionaries(
+    st.sampled_from(["a", "b"]),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)),
+)
+
+
+def _outcome(renderer: Any, values: dict[str, Any]) -> tuple[str, str]:
+    try:
+        return "ok", renderer.render(values)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+@given(pieces=_PIECES, values=_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_plain_substitution_renders_exactly_as_jinja_does(pieces: list[str], values: dict[str, Any]) -> None:
+    """Text-and-`{{ name }}` templates skip Jinja's per-call context; the output (and a missing
+    value's error) must be what the sandboxed Jinja template gives."""
+    source = "".join(pieces)
+    jinja = _ENV.from_string(source)
+    assert _outcome(_compile(source, False), values) == _outcome(jinja, values)
+
+
+def test_only_plain_text_templates_take_the_substitution_path() -> None:
+    assert isinstance(_compile("Chào {{ ten }}, mã {{ ma }}", False), _Substitution)
+    for source in ("{{ ten|upper }}", "{{ a.b }}", "{% if a %}x{% endif %}", "{{ 'x' }}"):
+        assert not isinstance(_compile(source, False), _Substitution), source
+    assert not isinstance(_compile("<b>{{ ten }}</b>", True), _Substitution)  # HTML escapes: Jinja
