@@ -139,7 +139,7 @@ def worker(
     loglevel: str = typer.Option("INFO", "-l", "--loglevel"),
 ) -> None:
     """A Celery worker for the given roles (threads pool: SMPP sessions live as long as the worker)."""
-    from workers.boot import install_sms_boot
+    from workers.boot import install_gc_tuning, install_sms_boot
     from workers.celery_app import configure
     from workers.queues import Role, parse_roles, queues_for_roles
     from workers.runtime import gateways_for
@@ -155,6 +155,7 @@ def worker(
     sms_gateways = [g.name for g in gateways.smpp] if Role.SMS in roles else []
     configure(settings.redis_url or "")
     install_sms_boot(sms_gateways)
+    install_gc_tuning()
     setup_logging(loglevel)
     # SMS queues are consumed only while this worker holds a bind lease (see workers/boot.py).
     hostname = name or f"loa-{'-'.join(r.value for r in roles)}-{os.getpid()}@{socket.gethostname()}"

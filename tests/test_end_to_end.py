@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,8 @@ def test_sms_and_email_reach_their_final_status(
     assert all(m["provider_message_id"] for m in messages)
     one = client.get(f"/v1/messages/{messages[0]['id']}").json()
     assert [e["kind"] for e in one["events"]][:4] == ["queued", "dispatched", "submitted", "receipt"]
+    # The worker moved its start-up objects out of the collector's scans (workers/boot.py).
+    worker_log = procs.procs[0][1].read_text(errors="replace")
+    frozen = re.search(r"(\d+) start-up objects frozen", worker_log)
+    assert frozen is not None
+    assert int(frozen.group(1)) > 10_000
