@@ -94,6 +94,7 @@ def run(port: int | None = typer.Option(None, help="API port (default LOA_API_PO
 
     settings = load_settings()
     stack = Stack(settings, api_port=port)
+    stack.catch_signals()
     try:
         stack.prepare()
         stack.start_services()

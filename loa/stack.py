@@ -83,6 +83,7 @@ class Stack:
         self.smsc_port: int | None = None
         self.smtp_port: int | None = None
         self.smtp_stats_file: Path | None = None  # the built-in sink's counts (JSON), when it runs
+        self.stopping = False  # set by a signal once `catch_signals` ran, or when a child died
 
     # --- start ------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -137,12 +138,12 @@ class Stack:
             self._spawn("api", ["api", "--port", str(self.api_port)])
         self._spawn("worker", ["worker", "--concurrency", str(self.worker_concurrency)])
         self._spawn("scheduler", ["scheduler"])
-        if api and not self.wait_api():
+        if api and not self.wait_api() and not self.stopping:
             raise RuntimeError(f"the API did not answer on port {self.api_port}; see {self.state_dir / 'logs'}")
 
     def wait_api(self, timeout: float = 120.0) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopping:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.api_port}/healthz", timeout=1).status_code == 200:
                     return True
@@ -167,21 +168,24 @@ class Stack:
         self.children.append((name, proc))
 
     # --- run and stop -----------------------------------------------------------------------
-    def wait(self) -> int:
-        """Block until a signal or a child dies; then stop everything."""
-        stop = {"flag": False}
+    def catch_signals(self) -> None:
+        """From now on SIGTERM and SIGINT ask `wait` to stop everything, even during start-up
+        (the default action killed this process and left its children running)."""
 
         def handler(_signum: int, _frame: object) -> None:
-            stop["flag"] = True
+            self.stopping = True
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def wait(self) -> int:
+        """Block until a signal (see `catch_signals`) or a child dies; then stop everything."""
         code = 0
-        while not stop["flag"]:
+        while not self.stopping:
             for name, proc in self.children:
                 if proc.poll() is not None:
                     print(f"loa: {name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    stop["flag"] = True
+                    self.stopping = True
                     code = 1
             time.sleep(0.3)
         self.stop()
