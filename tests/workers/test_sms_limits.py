@@ -79,7 +79,8 @@ def test_every_calendar_second_stays_within_each_gateways_tps_across_four_proces
 
 
 def test_a_gateway_never_has_more_sessions_than_binds_even_when_a_holder_is_killed(smsc: SmsStack, db: Engine) -> None:
-    assert smsc.smsc.stats.sessions("pair") == PAIR.binds
+    # A process above its fair share may be handing a slot over right now (close, then another binds).
+    wait_for(lambda: smsc.smsc.stats.sessions("pair") == PAIR.binds, 30, what="both pair binds held")
     owners = holders(smsc, PAIR)
     assert len(owners) == PAIR.binds
     victim_pid = int(next(iter(owners.values())).split(":")[1])
