@@ -98,7 +98,7 @@ def wire_only(port: int, n: int, redis_url: str, workdir: Path) -> float:
     from loa.settings import Settings
     from workers.runtime import Runtime
     from workers.smpp_runtime import GatewaySessions
-    from workers.sms_journal import SendJournal
+    from workers.sms_journal import Intents, SendJournal
 
     gateways = workdir / "wire.toml"
     gateways.write_text(smpp_gateway_toml(GATEWAY, port, binds=1, tps=1_000_000, window=WINDOW, carriers=["Viettel"]))
@@ -123,9 +123,11 @@ def wire_only(port: int, n: int, redis_url: str, workdir: Path) -> float:
             raise RuntimeError("the wire-only session did not bind")
         messages = [[Submit((i, 0), "TCTK", f"8496{i:07d}", TEXT.format(i).encode(), data_coding=0)] for i in range(n)]
         key = f"loa:sms:jr:{GATEWAY}:wire"
+        journal.open(key)
+        intents = Intents(journal, key, ["loa:bench:halt"])
 
-        def intend(indexes: list[int]) -> None:
-            journal.intend(key, indexes)  # as a send task does before each group (ids: indexes here)
+        def intend(indexes: list[int], following: list[int]) -> None:
+            intents.before(indexes, following)  # as a send task does before each group (ids: indexes here)
 
         start = time.perf_counter()
         sessions.send(

@@ -44,7 +44,7 @@ from workers.halts import HALT_KEY
 from workers.retrying import with_db_retry
 from workers.runtime import Runtime
 from workers.smpp_runtime import GatewaySessions, limiter_key
-from workers.sms_journal import journal_key
+from workers.sms_journal import Intents, journal_key
 from workers.sms_pacing import ResultSink, StopSending
 
 log = logging.getLogger(__name__)
@@ -163,20 +163,31 @@ class _Wire:
     work: list[tuple[LoadedMessage, list[Submit]]]
     renewed: float = field(default_factory=time.monotonic)
     halted: bool = False
+    intents: Intents | None = None
+
+    def __post_init__(self) -> None:
+        journal = self.sessions.journal
+        if journal is not None:
+            self.intents = Intents(journal, self.key, self.stop_keys)
 
     @property
     def key(self) -> str:
         return journal_key(self.sessions.gateway.name, self.claim)
 
-    def before_group(self, indexes: list[int]) -> None:
-        journal = self.sessions.journal
-        ids = [self.work[i][0].id for i in indexes]
-        # A paused or cancelled campaign stops within a group; so does a gateway that just went
-        # down (failover): the rest goes back to the queue and is routed to the fallback.
+    @property
+    def stop_keys(self) -> list[str]:
+        # A paused or cancelled campaign stops within two groups; so does a gateway that just
+        # went down (failover): the rest goes back to the queue and is routed to the fallback.
         stops = [HALT_KEY.format(self.campaign_id)]
         if self.sessions.gateway.fallback is not None:
             stops.append(health.DOWN_KEY.format(self.sessions.gateway.name))
-        halted = journal.intend(self.key, ids, stops) if journal else bool(self.rt.redis.exists(*stops))
+        return stops
+
+    def before_group(self, indexes: list[int], following: list[int]) -> None:
+        if self.intents is not None:
+            halted = self.intents.before([self.work[i][0].id for i in indexes], [self.work[i][0].id for i in following])
+        else:
+            halted = bool(self.rt.redis.exists(*self.stop_keys))
         if halted:
             self.halted = True
             raise StopSending(f"campaign {self.campaign_id} halted or gateway down")

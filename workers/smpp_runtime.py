@@ -238,8 +238,9 @@ class GatewaySessions:
 
         Each message goes whole to one session (round robin). Every segment takes a token from
         the shared limiter first (`keys`: the gateway's TPS, and the campaign's cap on top).
-        `before_group` sees each group of up to `window` messages before its first submit; if it
-        raises, that session sends nothing more (the rest come back NOT_SENT)."""
+        `before_group` sees each group of up to `window` messages (and the group after it on the same
+        session) before its first submit; if it raises, that session sends nothing more (the rest
+        come back NOT_SENT)."""
         live = list(sessions) if sessions is not None else self.bound_sessions()
         if not live:
             return [[_not_sent(s) for s in msg] for msg in messages]
@@ -269,27 +270,27 @@ class GatewaySessions:
     ) -> list[SubmitResult]:
         flat: list[Submit] = []
         owner: list[tuple[int, int]] = []
-        group_at: dict[int, list[int]] = {}  # flat position → the message group starting there
-        group = max(1, self.gateway.window)
-        for n, i in enumerate(indexes):
-            if n % group == 0:
-                group_at[len(flat)] = indexes[n : n + group]
-            for j, seg in enumerate(messages[i]):
-                flat.append(seg)
-                owner.append((i, j))
-        pacer = TokenPacer(self.rt.limiter, keys, self.gateway.window)
-        window = self.gateway.window
+        size = max(1, self.gateway.window)
+        groups = [indexes[n : n + size] for n in range(0, len(indexes), size)]
+        group_at: dict[int, int] = {}  # flat position → the number of the message group starting there
+        for g, members in enumerate(groups):
+            group_at[len(flat)] = g
+            for i in members:
+                for j, seg in enumerate(messages[i]):
+                    flat.append(seg)
+                    owner.append((i, j))
+        pacer = TokenPacer(self.rt.limiter, keys)
         journal = self.journal
         position = 0
 
         def before_each() -> None:
             nonlocal position
-            starting = group_at.get(position)
-            if starting is not None and before_group is not None:
-                before_group(starting)
+            g = group_at.get(position)
+            if g is not None and before_group is not None:
+                before_group(groups[g], groups[g + 1] if g + 1 < len(groups) else [])
             pacer.take()
             if journal is not None:
-                journal.wait_backlog(window - session.outstanding)
+                journal.write_accepted()
             position += 1
 
         hook = None

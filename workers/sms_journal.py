@@ -5,22 +5,22 @@ only the submits that were truly unanswered as ambiguous.
 Why: the database write of a batch's outcome happens once per batch (one transaction for a few
 hundred messages), not once per window of submits, which is what lets one bind run at the speed
 of the SMSC. Between a submit_sm_resp and that commit the acceptance exists only in the worker's
-memory. The journal keeps it in Redis within a millisecond or so: a list per claim,
-`loa:sms:jr:<gateway>:<claim>`, holding
+memory. The journal keeps it in Redis: a list per claim, `loa:sms:jr:<gateway>:<claim>`, holding
 
 - `h`: the batch started (written before its rows are marked in flight);
-- `i <id> <id> ...`: these messages are about to be written to the socket (pushed, and waited
-  for, before the first of them is written);
-- `s <id> <segment> <segments> <provider id>`: the SMSC accepted that segment (pushed by a
-  background thread right after the response arrived).
+- `i <id> <id> ...`: these messages (a group of up to `window`) are about to be written to the
+  socket; answered by Redis before the first of them is written (see `Intents`);
+- `s <id> <segment> <segments> <provider id>`: the SMSC accepted that segment; written before
+  the session's next submit (`SendJournal.write_accepted`), so that submits in flight plus
+  acceptances not yet journaled never exceed the window.
 
 When the batch's outcome is committed the worker deletes the list. After a crash the scheduler
 tick runs :func:`recover_journals` before it sweeps expired leases: for a claim whose lease ran
 out it records every fully accepted message as `sent` (with its provider ids), leaves the
 messages that were about to be written (and not fully accepted) marked in flight, which the sweep
 then resends as ambiguous, and unmarks those that were never about to be written, which the sweep
-re-queues plainly. So the duplicates a crash can cause are the submits in the window, plus the
-responses of the last millisecond.
+re-queues plainly. So the duplicates a crash can cause are the submits in the window; a halt or
+a crash leaves at most two groups intended and not written (resent as ambiguous, not duplicated).
 
 Redis lost together with the worker (both at once) leaves the database's own in-flight marks:
 the whole batch counts as ambiguous, which is conservative (resent, counted) and never loses a
@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
-from collections.abc import Sequence
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import redis
+from redis.connection import AbstractConnection
 from sqlalchemy import Engine, select, update
 from sqlmodel import col
 
@@ -48,6 +50,7 @@ from loa.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 KEY = "loa:sms:jr:{}:{}"  # gateway, claim
+RECONNECT_S = 1.0  # a lost journal connection is tried again after this long
 PATTERN = "loa:sms:jr:*"
 
 
@@ -55,19 +58,158 @@ def journal_key(gateway: str, claim: str) -> str:
     return KEY.format(gateway, claim)
 
 
+class Probe:
+    """The answer to an intent's halt check, which arrives after the intent was sent."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._halted = False
+        self._error: Exception | None = None
+
+    def resolve(self, halted: bool = False, error: Exception | None = None) -> None:
+        self._halted, self._error = halted, error
+        self._done.set()
+
+    def halted(self, timeout: float = 10.0) -> bool:
+        """Whether a stop key existed; raises when Redis did not answer."""
+        if not self._done.wait(timeout):
+            raise redis.TimeoutError("no answer to the send journal's intent")
+        if self._error is not None:
+            raise self._error
+        return self._halted
+
+
+class _Stream:
+    """Commands written to one connection of their own, their answers read by another thread.
+
+    Why not a redis-py call per entry: from a busy SMS worker a round trip took ~0.5 ms (the
+    benchmark's end-to-end run), and the sender waited for two per group of `window` submits (the
+    intent, the rate tokens) and, with the window full, for a background writer's before reusing
+    a slot: close to half the time the bind was in use. Redis runs the commands of one connection in
+    the order they were sent, and bytes handed to the kernel reach Redis if this process is
+    killed right after (not if the host dies within a round trip); so an entry counts as written
+    once `sendall` returned, and only an intent's halt check needs its answer."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self._pool = client.connection_pool
+        self._cond = threading.Condition()
+        self._conn: AbstractConnection | None = None
+        self._expected: deque[tuple[int, Probe | None]] = deque()  # per send: its replies, its probe
+        self._sent = 0
+        self._settled = 0  # sends whose replies were read, or given up on with their connection
+        self._retry_at = 0.0
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="sms-journal", daemon=True)
+        self._reader.start()
+
+    def send(self, commands: Sequence[tuple[object, ...]], probe: Probe | None = None) -> None:
+        """Write `commands` (connecting first if need be); raises redis.ConnectionError when they
+        could not be written."""
+        with self._cond:
+            conn = self._connected()
+            if conn is None:
+                raise redis.ConnectionError("send journal: not connected to Redis")
+            try:
+                packed = conn.pack_commands(commands)  # bytes; types-redis says str
+                conn.send_packed_command(packed, check_health=False)  # type: ignore[arg-type]
+            except (redis.RedisError, OSError) as exc:
+                self._drop(conn, exc)
+                raise redis.ConnectionError(f"send journal: {exc}") from exc
+            self._expected.append((len(commands), probe))
+            self._sent += 1
+            self._cond.notify_all()
+
+    def connect(self) -> None:
+        """Connect now unless connected (or a failed attempt is less than RECONNECT_S old)."""
+        with self._cond:
+            self._connected()
+
+    def _connected(self) -> AbstractConnection | None:
+        if self._conn is None and not self._closed and time.monotonic() >= self._retry_at:
+            pool = self._pool  # a connection of its own, never checked out to anyone else
+            conn: AbstractConnection = pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
+            try:
+                conn.connect()
+            except redis.RedisError as exc:
+                self._retry_at = time.monotonic() + RECONNECT_S
+                raise redis.ConnectionError(f"send journal: {exc}") from exc
+            self._conn = conn
+        return self._conn
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until Redis answered everything sent so far (or its connection was given up)."""
+        with self._cond:
+            target = self._sent
+            self._cond.wait_for(lambda: self._settled >= target, timeout=timeout)
+
+    def close(self) -> None:
+        self.flush(2.0)
+        with self._cond:
+            self._closed = True
+            if self._conn is not None:
+                self._drop(self._conn, redis.ConnectionError("send journal closed"))
+            self._cond.notify_all()
+        self._reader.join(5.0)
+
+    def _drop(self, conn: AbstractConnection, exc: Exception) -> None:
+        """Give the connection up (lock held): its unanswered sends fail, the next one reconnects."""
+        if self._conn is not conn:
+            return
+        self._conn = None
+        self._retry_at = time.monotonic() + RECONNECT_S
+        conn.disconnect()
+        for _, probe in self._expected:
+            if probe is not None:
+                probe.resolve(error=redis.ConnectionError(f"send journal: {exc}"))
+        self._settled += len(self._expected)
+        self._expected.clear()
+        self._cond.notify_all()
+        if not self._closed:
+            log.warning("send journal: connection to Redis lost (%s); entries are not journaled meanwhile", exc)
+
+    def _read(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._expected) or self._closed)
+                if not self._expected:
+                    return
+                conn, (count, probe) = self._conn, self._expected[0]
+            assert conn is not None  # sends are only expected while their connection is kept
+            replies: list[object] = []
+            try:
+                for _ in range(count):
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # one command refused, the rest still answer
+                        log.warning("send journal: Redis refused an entry: %s", exc)
+                        replies.append(exc)
+            except (redis.RedisError, OSError) as exc:
+                with self._cond:
+                    self._drop(conn, exc)
+                continue
+            with self._cond:
+                if self._conn is not conn or not self._expected:
+                    continue  # dropped meanwhile: its probes were failed then
+                self._expected.popleft()
+                self._settled += 1
+                self._cond.notify_all()
+            if probe is not None:
+                first = replies[0]
+                if isinstance(first, Exception):
+                    probe.resolve(error=first)
+                else:
+                    probe.resolve(halted=bool(first))
+
+
 class SendJournal:
-    """Writes journal entries; one per worker process, shared by its send tasks."""
+    """Writes journal entries; one per worker process, shared by its send tasks (see `_Stream`)."""
 
     def __init__(self, client: redis.Redis[bytes], ttl_s: float) -> None:
         self._redis = client
         self._ttl_ms = max(1000, round(ttl_s * 1000))
-        self._cond = threading.Condition()
-        self._queue: list[tuple[str, str]] = []
-        self._queued = 0  # entries ever queued
-        self._written = 0  # entries ever taken by the writer (written, or given up on)
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="sms-journal", daemon=True)
-        self._thread.start()
+        self._stream = _Stream(client)
+        self._accepts: list[tuple[str, str]] = []
+        self._accepts_lock = threading.Lock()
 
     def open(self, key: str) -> bool:
         """Start a batch's journal before its rows are marked in flight: recovery then knows that
@@ -78,74 +220,89 @@ class SendJournal:
         pipe.rpush(key, "h")
         pipe.pexpire(key, self._ttl_ms)
         length, _ = pipe.execute()
+        self._stream.connect()  # now, rather than before the first submit
         return int(length) == 1
 
-    def intend(self, key: str, message_ids: Sequence[int], stop_keys: Sequence[str] = ()) -> bool:
-        """Record (synchronously) that these messages are about to be submitted. The same round
-        trip checks `stop_keys` (a campaign's halt flag, a gateway's down mark): returns True when
-        one exists, and then the caller sends nothing more."""
-        pipe = self._redis.pipeline(transaction=False)
+    def intend(self, key: str, message_ids: Sequence[int], stop_keys: Sequence[str] = ()) -> Probe:
+        """Record that these messages are about to be submitted (journaled when this returns;
+        raises redis.ConnectionError when it could not be). The same write checks `stop_keys` (a
+        campaign's halt flag, a gateway's down mark): the probe answers whether one existed."""
+        probe = Probe()
+        commands: list[tuple[object, ...]] = []
         if stop_keys:
-            pipe.exists(*stop_keys)
-        pipe.rpush(key, "i " + " ".join(str(i) for i in message_ids))
-        pipe.pexpire(key, self._ttl_ms)
-        replies = pipe.execute()
-        return bool(stop_keys) and bool(replies[0])
+            commands.append(("EXISTS", *stop_keys))
+        commands.append(("RPUSH", key, "i " + " ".join(str(i) for i in message_ids)))
+        commands.append(("PEXPIRE", key, self._ttl_ms))
+        self._stream.send(commands, probe if stop_keys else None)
+        if not stop_keys:
+            probe.resolve(halted=False)
+        return probe
 
     def accepted(self, key: str, message_id: int, segment: int, segments: int, provider_id: str) -> None:
-        """Queue an acceptance for the writer thread; quick, called on the session's reader thread."""
-        entry = f"s {message_id} {segment} {segments} {provider_id}"
-        with self._cond:
-            self._queue.append((key, entry))
-            self._queued += 1
-            self._cond.notify()
+        """Note an acceptance; quick, called on the session's reader thread. It is written to
+        Redis by the sender before its next submit (`write_accepted`), or by `forget`."""
+        with self._accepts_lock:
+            self._accepts.append((key, f"s {message_id} {segment} {segments} {provider_id}"))
 
-    def wait_backlog(self, below: int, timeout: float = 10.0) -> None:
-        """Block until fewer than `below` acceptances wait to be written (at least one may).
+    def write_accepted(self) -> None:
+        """Write the acceptances noted so far: the sender calls it right before each submit, so
+        submits in flight plus acceptances not yet journaled never exceed the window."""
+        self._write(self._take(lambda _key: True))
 
-        The sender calls it before each submit with `window - outstanding`: submits in flight
-        plus acceptances not yet in Redis then never pass the window, which is what bounds the
-        duplicates a crash can cause."""
-        limit = max(1, below)
-        with self._cond:
-            self._cond.wait_for(lambda: self._queued - self._written < limit or self._stop, timeout=timeout)
+    def flush(self, timeout: float = 10.0) -> None:
+        """Write what is noted and wait until Redis answered everything written (tests; `close`)."""
+        self._write(self._take(lambda _key: True))
+        self._stream.flush(timeout)
 
     def forget(self, key: str) -> None:
-        """The batch's outcome is committed: drop its journal (after the writer caught up)."""
-        with self._cond:
-            target = self._queued
-            self._cond.wait_for(lambda: self._written >= target or self._stop, timeout=10.0)
-        self._redis.delete(key)
+        """The batch's outcome is committed: drop its journal. Its acceptances still noted need no
+        writing; the delete follows whatever was written on the same connection."""
+        self._write(self._take(lambda k: k != key))
+        try:
+            self._stream.send([("DEL", key)])
+        except redis.ConnectionError:
+            self._redis.delete(key)  # else it expires; recovery skips finished claims
 
     def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join(5.0)
+        self._write(self._take(lambda _key: True))
+        self._stream.close()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue) or self._stop)
-                if not self._queue and self._stop:
-                    return
-                taken, self._queue = self._queue, []
-            try:
-                grouped: dict[str, list[str]] = defaultdict(list)
-                for key, entry in taken:
-                    grouped[key].append(entry)
-                pipe = self._redis.pipeline(transaction=False)
-                for key, entries in grouped.items():
-                    pipe.rpush(key, *entries)
-                    pipe.pexpire(key, self._ttl_ms)
-                pipe.execute()
-            except redis.RedisError as exc:
-                # The batch still records its outcome itself; only crash recovery loses precision.
-                log.warning("send journal: %d entries not written: %s", len(taken), exc)
-            finally:
-                with self._cond:
-                    self._written += len(taken)
-                    self._cond.notify_all()
+    def _take(self, keep: Callable[[str], bool]) -> list[tuple[str, str]]:
+        with self._accepts_lock:
+            taken, self._accepts = self._accepts, []
+        return [(key, entry) for key, entry in taken if keep(key)]
+
+    def _write(self, taken: Sequence[tuple[str, str]]) -> None:
+        if not taken:
+            return
+        grouped: dict[str, list[str]] = defaultdict(list)
+        for key, entry in taken:
+            grouped[key].append(entry)
+        try:
+            self._stream.send([("RPUSH", key, *entries) for key, entries in grouped.items()])
+        except redis.ConnectionError as exc:
+            # The batch still records its outcome itself; only crash recovery loses precision.
+            log.warning("send journal: %d acceptances not journaled: %s", len(taken), exc)
+
+
+class Intents:
+    """A batch's intents on one session, each sent a group ahead of its submits.
+
+    Before group g is written, its intent must be in Redis (it was sent while group g - 1 was on
+    the wire, so its answer is usually there already) and the intent of group g + 1 goes out.
+    The halt check travels with each intent, so a halt stops the batch within two groups; a crash
+    leaves at most two groups intended but unwritten (resent as ambiguous, never duplicated)."""
+
+    def __init__(self, journal: SendJournal, key: str, stop_keys: Sequence[str]) -> None:
+        self._journal, self._key, self._stops = journal, key, list(stop_keys)
+        self._ahead: dict[int, Probe] = {}  # first message id of a group → its intent
+
+    def before(self, ids: Sequence[int], following: Sequence[int]) -> bool:
+        """Called before group `ids` is written; True when the batch must stop (halted)."""
+        probe = self._ahead.pop(ids[0], None) or self._journal.intend(self._key, ids, self._stops)
+        if following:
+            self._ahead[following[0]] = self._journal.intend(self._key, following, self._stops)
+        return probe.halted()
 
 
 @dataclass

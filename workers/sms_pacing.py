@@ -11,8 +11,10 @@ from gateways.ratelimit import RateLimiter
 from gateways.smpp.client import SubmitResult
 
 # Tokens taken from the shared limiter per round trip: about 10 ms of the gateway's rate, spent
-# evenly by the sending thread, so a fast gateway does not pay one Redis call per segment.
+# evenly by the sending thread, so a fast gateway does not pay one Redis call per segment. At
+# most TOKEN_CHUNK_MAX: what a batch leaves unspent when it ends is capacity lost for 10 ms.
 TOKEN_CHUNK_S = 0.01
+TOKEN_CHUNK_MAX = 100
 
 
 class StopSending(Exception):
@@ -26,12 +28,12 @@ class TokenPacer:
     s, s + 1/rate, ... makes them equivalent to single grants, so the limiter's per-second bound
     still holds (see `gateways/ratelimit.py`)."""
 
-    def __init__(self, limiter: RateLimiter, keys: Sequence[tuple[str, float]], window: int) -> None:
+    def __init__(self, limiter: RateLimiter, keys: Sequence[tuple[str, float]]) -> None:
         self._limiter = limiter
         self._keys = list(keys)
         rate = min(r for _, r in self._keys)
         self._interval = 1.0 / rate
-        self._chunk = max(1, min(window, int(rate * TOKEN_CHUNK_S)))
+        self._chunk = max(1, min(TOKEN_CHUNK_MAX, int(rate * TOKEN_CHUNK_S)))
         self._left = 0
         self._next = 0.0
 
@@ -49,5 +51,6 @@ class TokenPacer:
 
 # (message index, segment index, result), called on a session's reader thread: keep it quick.
 ResultSink = Callable[[int, int, SubmitResult], None]
-# Called with the message indexes of the next group, before the first of them is written.
-GroupHook = Callable[[list[int]], None]
+# Called with the message indexes of a group, before the first of them is written, and those of
+# the group that follows it on the same session (empty for the last).
+GroupHook = Callable[[list[int], list[int]], None]

@@ -4,8 +4,10 @@ never about to go is re-queued plainly (not counted). Journals of live batches a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import redis
 from sqlalchemy import Engine, select, update
@@ -14,15 +16,18 @@ from sqlmodel import col
 from campaigns.models import Message, SmsSegment
 from campaigns.scheduling import sweep_expired_leases
 from campaigns.sending import begin_submit, load_batch
+from gateways.smpp.client import Submit, SubmitResult
+from gateways.smpp.simulator import Account, SimulatorConfig, run_in_thread
 from loa.db import transaction
 from loa.settings import Settings
 from loa.timeutil import utcnow
 from tests.campaigns.test_scheduling import GATEWAYS, dispatch, running
+from tests.workers.sms_kit import Gw
 from tests.workers.wave_kit import seed_campaign
 from workers.runtime import Runtime
 from workers.send_sms import send_sms_batch
 from workers.smpp_runtime import GatewaySessions
-from workers.sms_journal import SendJournal, journal_key, recover_journals
+from workers.sms_journal import Intents, SendJournal, journal_key, recover_journals
 
 
 def claimed(engine: Engine, n: int, claim: str, *, lease_s: float) -> list[int]:
@@ -64,7 +69,7 @@ def test_recovery_records_the_accepted_resends_the_maybe_sent_and_requeues_the_r
     for mid in ids[:8]:
         journal.accepted(key, mid, 0, 1, f"P{mid}")
     journal.accepted(key, ids[8], 0, 2, "HALF")  # one segment of two: maybe sent
-    journal.wait_backlog(1)
+    journal.flush()
     journal.close()
 
     totals = recover_journals(redis_client, db, max_attempts=5, idle_s=0)
@@ -121,7 +126,7 @@ def test_a_redelivered_task_leaves_the_dead_workers_journal_to_recovery(
     journal.intend(key, batch.ids[:10])
     for mid in batch.ids[:6]:
         journal.accepted(key, mid, 0, 1, f"P{mid}")
-    journal.wait_backlog(1)
+    journal.flush()
     # ... is killed; the redelivered task runs on a live worker.
     gateway = next(g for g in GATEWAYS.smpp if g.name == batch.gateway)
     sessions = GatewaySessions(gateway, rt, lambda _g, _on: None, lambda: None, "redelivery", journal)
@@ -154,7 +159,7 @@ def test_a_journal_written_moments_before_its_lease_ran_out_is_recovered_before_
     journal.intend(key, ids)
     for mid in ids[:7]:
         journal.accepted(key, mid, 0, 1, f"P{mid}")
-    journal.wait_backlog(1)
+    journal.flush()
     journal.close()
 
     with transaction(db) as session:  # a sweep cut off before these leases ran out leaves them
@@ -168,7 +173,7 @@ def test_a_journal_written_moments_before_its_lease_ran_out_is_recovered_before_
     assert {rows(db, ids)[mid][0] for mid in ids[:7]} == {"sent"}
 
 
-def test_forget_waits_for_the_writer_then_deletes(redis_client: redis.Redis[bytes]) -> None:
+def test_forget_deletes_after_the_entries_written_before_it(redis_client: redis.Redis[bytes]) -> None:
     journal = SendJournal(redis_client, ttl_s=600)
     key = journal_key("gw", "c")
     journal.open(key)
@@ -177,3 +182,70 @@ def test_forget_waits_for_the_writer_then_deletes(redis_client: redis.Redis[byte
     journal.forget(key)
     journal.close()
     assert not redis_client.exists(key), "an acceptance written after the delete revived the journal"
+
+
+def test_intents_go_out_a_group_ahead_and_a_halt_stops_within_two_groups(redis_client: redis.Redis[bytes]) -> None:
+    journal = SendJournal(redis_client, ttl_s=600)
+    key, halt = journal_key("gw", "ahead"), "loa:test:halt"
+    journal.open(key)
+    intents = Intents(journal, key, [halt])
+    try:
+        assert intents.before([1, 2], [3, 4]) is False
+        journal.flush()
+        # Before group 1 is written, its intent is in Redis, and so is group 2's.
+        assert redis_client.lrange(key, 0, -1) == [b"h", b"i 1 2", b"i 3 4"]
+        redis_client.set(halt, 1)  # paused while group 1 is on the wire
+        assert intents.before([3, 4], [5, 6]) is False  # group 2's check went out before the halt
+        assert intents.before([5, 6], []) is True
+    finally:
+        journal.close()
+
+
+def test_every_acceptance_read_is_in_redis_before_the_next_submit_is_written(
+    redis_client: redis.Redis[bytes], make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """What bounds the duplicates a kill -9 can cause to the window: submits in flight plus
+    acceptances not yet journaled never exceed it."""
+    gw = Gw("jr", carriers=["Viettel"], window=4)
+    config = SimulatorConfig(port=0, accounts=[Account(gw.name, gw.password)], receipts=False, response_delay_s=0.005)
+    with run_in_thread(config) as smsc:
+        (tmp_path / "gw.toml").write_text(gw.toml(smsc.port))
+        rt = Runtime(make_settings(gateways_file=tmp_path / "gw.toml"))
+        journal = SendJournal(redis_client, ttl_s=600)
+        key = journal_key(gw.name, "bound")
+        journal.open(key)
+        read: list[int] = []  # acceptances handed to the journal, as the reader thread reads them
+        checks: list[tuple[int, int]] = []
+        write_accepted = journal.write_accepted
+
+        def in_redis() -> int:
+            return sum(1 for e in redis_client.lrange(key, 0, -1) if e.startswith(b"s "))
+
+        def write_and_check() -> None:
+            seen = len(read)
+            write_accepted()
+            deadline = time.monotonic() + (2.0 if all(a <= b for a, b in checks) else 0.0)
+            while in_redis() < seen and time.monotonic() < deadline:
+                time.sleep(0.001)  # written, maybe not yet executed by Redis
+            checks.append((seen, in_redis()))
+
+        journal.write_accepted = write_and_check  # type: ignore[method-assign]
+
+        def on_result(i: int, j: int, result: SubmitResult) -> None:
+            journal.accepted(key, i, j, 1, result.provider_id or "")
+            read.append(i)
+
+        sessions = GatewaySessions(rt.gateways.smpp[0], rt, lambda _g, _on: None, lambda: None, "bound", journal)
+        sessions.start()
+        try:
+            assert sessions.wait_bound(10)
+            messages = [[Submit((i, 0), "TCTK", f"8496{i:07d}", b"hi", data_coding=0)] for i in range(40)]
+            results = sessions.send(messages, [("smpp:jr", 10_000.0)], on_result=on_result)
+        finally:
+            sessions.stop()
+            journal.close()
+            rt.engine.dispose()
+    assert all(r.provider_id for res in results for r in res)
+    assert len(checks) == 40, "the sender did not write the acceptances before each submit"
+    assert [written >= seen for seen, written in checks] == [True] * 40, checks
+    assert max(seen for seen, _ in checks) >= 30  # responses did come back during the batch

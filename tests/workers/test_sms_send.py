@@ -37,7 +37,7 @@ def test_without_redis_references_come_from_the_message_id() -> None:
 
 def test_the_pacer_takes_tokens_in_chunks_and_spends_them_at_the_rate(redis_client: redis.Redis[bytes]) -> None:
     limiter = RateLimiter(redis_client)
-    pacer = TokenPacer(limiter, [("smpp:pace", 400.0), ("campaign:c", 200.0)], window=10)
+    pacer = TokenPacer(limiter, [("smpp:pace", 400.0), ("campaign:c", 200.0)])
     start = time.monotonic()
     for _ in range(40):
         pacer.take()
