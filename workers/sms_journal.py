@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 KEY = "loa:sms:jr:{}:{}"  # gateway, claim
 RECONNECT_S = 1.0  # a lost journal connection is tried again after this long
+MAX_UNREAD = 500  # sends whose answers are left unread at most (a few bytes each)
 PATTERN = "loa:sms:jr:*"
 
 
@@ -59,53 +60,47 @@ def journal_key(gateway: str, claim: str) -> str:
 
 
 class Probe:
-    """The answer to an intent's halt check, which arrives after the intent was sent."""
+    """The answer to an intent's halt check: read from the connection when somebody asks."""
 
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self._halted = False
-        self._error: Exception | None = None
+    def __init__(self, stream: _Stream | None = None) -> None:
+        self._stream = stream
+        self.done = stream is None  # without a stream (no stop keys) there is nothing to wait for
+        self.result = False
+        self.error: Exception | None = None
 
-    def resolve(self, halted: bool = False, error: Exception | None = None) -> None:
-        self._halted, self._error = halted, error
-        self._done.set()
-
-    def halted(self, timeout: float = 10.0) -> bool:
+    def halted(self) -> bool:
         """Whether a stop key existed; raises when Redis did not answer."""
-        if not self._done.wait(timeout):
-            raise redis.TimeoutError("no answer to the send journal's intent")
-        if self._error is not None:
-            raise self._error
-        return self._halted
+        if not self.done and self._stream is not None:
+            self._stream.settle(self)
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class _Stream:
-    """Commands written to one connection of their own, their answers read by another thread.
+    """Commands written to one connection of their own; answers read only when needed.
 
     Why not a redis-py call per entry: from a busy SMS worker a round trip took ~0.5 ms (the
     benchmark's end-to-end run), and the sender waited for two per group of `window` submits (the
     intent, the rate tokens) and, with the window full, for a background writer's before reusing
-    a slot: close to half the time the bind was in use. Redis runs the commands of one connection in
-    the order they were sent, and bytes handed to the kernel reach Redis if this process is
+    a slot: close to half the time the bind was in use. Redis runs the commands of one connection
+    in the order they were sent, and bytes handed to the kernel reach Redis if this process is
     killed right after (not if the host dies within a round trip); so an entry counts as written
-    once `sendall` returned, and only an intent's halt check needs its answer."""
+    once `sendall` returned. Answers are read by the thread that needs one (an intent's halt
+    check, a flush), usually long after they arrived: no thread is woken per entry."""
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self._pool = client.connection_pool
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._conn: AbstractConnection | None = None
-        self._expected: deque[tuple[int, Probe | None]] = deque()  # per send: its replies, its probe
-        self._sent = 0
-        self._settled = 0  # sends whose replies were read, or given up on with their connection
+        self._expected: deque[tuple[int, Probe | None]] = deque()  # per send: its answers, its probe
         self._retry_at = 0.0
         self._closed = False
-        self._reader = threading.Thread(target=self._read, name="sms-journal", daemon=True)
-        self._reader.start()
 
     def send(self, commands: Sequence[tuple[object, ...]], probe: Probe | None = None) -> None:
         """Write `commands` (connecting first if need be); raises redis.ConnectionError when they
         could not be written."""
-        with self._cond:
+        with self._lock:
             conn = self._connected()
             if conn is None:
                 raise redis.ConnectionError("send journal: not connected to Redis")
@@ -116,13 +111,33 @@ class _Stream:
                 self._drop(conn, exc)
                 raise redis.ConnectionError(f"send journal: {exc}") from exc
             self._expected.append((len(commands), probe))
-            self._sent += 1
-            self._cond.notify_all()
+            if len(self._expected) > MAX_UNREAD:
+                self._read(len(self._expected) - MAX_UNREAD // 2)
 
     def connect(self) -> None:
         """Connect now unless connected (or a failed attempt is less than RECONNECT_S old)."""
-        with self._cond:
+        with self._lock:
             self._connected()
+
+    def settle(self, probe: Probe) -> None:
+        """Read answers until `probe`'s has come (or the connection failed)."""
+        with self._lock:
+            while not probe.done and self._expected:
+                self._read(1)
+            if not probe.done:
+                probe.done, probe.error = True, redis.ConnectionError("send journal: no answer")
+
+    def flush(self) -> None:
+        """Read every answer due: everything written so far was executed (or the connection failed)."""
+        with self._lock:
+            self._read(len(self._expected))
+
+    def close(self) -> None:
+        with self._lock:
+            self._read(len(self._expected))
+            self._closed = True
+            if self._conn is not None:
+                self._drop(self._conn, redis.ConnectionError("send journal closed"))
 
     def _connected(self) -> AbstractConnection | None:
         if self._conn is None and not self._closed and time.monotonic() >= self._retry_at:
@@ -136,20 +151,33 @@ class _Stream:
             self._conn = conn
         return self._conn
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until Redis answered everything sent so far (or its connection was given up)."""
-        with self._cond:
-            target = self._sent
-            self._cond.wait_for(lambda: self._settled >= target, timeout=timeout)
+    def _read(self, sends: int) -> None:
+        """Read the answers of the next `sends` sends (lock held)."""
+        conn = self._conn
+        for _ in range(min(sends, len(self._expected))):
+            if conn is None:
+                return
+            count, probe = self._expected[0]
+            try:
+                first = [self._answer(conn) for _ in range(count)][0]
+            except (redis.RedisError, OSError) as exc:
+                self._drop(conn, exc)
+                return
+            self._expected.popleft()
+            if probe is not None:
+                probe.done = True
+                if isinstance(first, Exception):
+                    probe.error = first
+                else:
+                    probe.result = bool(first)
 
-    def close(self) -> None:
-        self.flush(2.0)
-        with self._cond:
-            self._closed = True
-            if self._conn is not None:
-                self._drop(self._conn, redis.ConnectionError("send journal closed"))
-            self._cond.notify_all()
-        self._reader.join(5.0)
+    @staticmethod
+    def _answer(conn: AbstractConnection) -> object:
+        try:
+            return conn.read_response()
+        except redis.ResponseError as exc:  # one command refused, the others still answer
+            log.warning("send journal: Redis refused an entry: %s", exc)
+            return exc
 
     def _drop(self, conn: AbstractConnection, exc: Exception) -> None:
         """Give the connection up (lock held): its unanswered sends fail, the next one reconnects."""
@@ -160,45 +188,10 @@ class _Stream:
         conn.disconnect()
         for _, probe in self._expected:
             if probe is not None:
-                probe.resolve(error=redis.ConnectionError(f"send journal: {exc}"))
-        self._settled += len(self._expected)
+                probe.done, probe.error = True, redis.ConnectionError(f"send journal: {exc}")
         self._expected.clear()
-        self._cond.notify_all()
         if not self._closed:
             log.warning("send journal: connection to Redis lost (%s); entries are not journaled meanwhile", exc)
-
-    def _read(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._expected) or self._closed)
-                if not self._expected:
-                    return
-                conn, (count, probe) = self._conn, self._expected[0]
-            assert conn is not None  # sends are only expected while their connection is kept
-            replies: list[object] = []
-            try:
-                for _ in range(count):
-                    try:
-                        replies.append(conn.read_response())
-                    except redis.ResponseError as exc:  # one command refused, the rest still answer
-                        log.warning("send journal: Redis refused an entry: %s", exc)
-                        replies.append(exc)
-            except (redis.RedisError, OSError) as exc:
-                with self._cond:
-                    self._drop(conn, exc)
-                continue
-            with self._cond:
-                if self._conn is not conn or not self._expected:
-                    continue  # dropped meanwhile: its probes were failed then
-                self._expected.popleft()
-                self._settled += 1
-                self._cond.notify_all()
-            if probe is not None:
-                first = replies[0]
-                if isinstance(first, Exception):
-                    probe.resolve(error=first)
-                else:
-                    probe.resolve(halted=bool(first))
 
 
 class SendJournal:
@@ -224,18 +217,16 @@ class SendJournal:
         return int(length) == 1
 
     def intend(self, key: str, message_ids: Sequence[int], stop_keys: Sequence[str] = ()) -> Probe:
-        """Record that these messages are about to be submitted (journaled when this returns;
-        raises redis.ConnectionError when it could not be). The same write checks `stop_keys` (a
-        campaign's halt flag, a gateway's down mark): the probe answers whether one existed."""
-        probe = Probe()
+        """Record that these messages are about to be submitted (written when this returns; raises
+        redis.ConnectionError when it could not be). The same write checks `stop_keys` (a
+        campaign's halt flag, a gateway's down mark): the probe says whether one existed."""
         commands: list[tuple[object, ...]] = []
         if stop_keys:
             commands.append(("EXISTS", *stop_keys))
         commands.append(("RPUSH", key, "i " + " ".join(str(i) for i in message_ids)))
         commands.append(("PEXPIRE", key, self._ttl_ms))
+        probe = Probe(self._stream if stop_keys else None)
         self._stream.send(commands, probe if stop_keys else None)
-        if not stop_keys:
-            probe.resolve(halted=False)
         return probe
 
     def accepted(self, key: str, message_id: int, segment: int, segments: int, provider_id: str) -> None:
@@ -249,10 +240,10 @@ class SendJournal:
         submits in flight plus acceptances not yet journaled never exceed the window."""
         self._write(self._take(lambda _key: True))
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Write what is noted and wait until Redis answered everything written (tests; `close`)."""
+    def flush(self) -> None:
+        """Write what is noted and wait until Redis executed everything written (tests)."""
         self._write(self._take(lambda _key: True))
-        self._stream.flush(timeout)
+        self._stream.flush()
 
     def forget(self, key: str) -> None:
         """The batch's outcome is committed: drop its journal. Its acceptances still noted need no
