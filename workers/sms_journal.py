@@ -62,15 +62,17 @@ def journal_key(gateway: str, claim: str) -> str:
 class Probe:
     """The answer to an intent's halt check: read from the connection when somebody asks."""
 
-    def __init__(self, stream: _Stream | None = None) -> None:
+    def __init__(self, stream: _Stream, checks_stops: bool) -> None:
         self._stream = stream
-        self.done = stream is None  # without a stream (no stop keys) there is nothing to wait for
+        self.checks_stops = checks_stops  # else its first answer is not a halt check
+        self.done = False
         self.result = False
         self.error: Exception | None = None
 
     def halted(self) -> bool:
-        """Whether a stop key existed; raises when Redis did not answer."""
-        if not self.done and self._stream is not None:
+        """Whether a stop key existed, once Redis answered (so the intent is in Redis); raises
+        when it did not."""
+        if not self.done:
             self._stream.settle(self)
         if self.error is not None:
             raise self.error
@@ -169,7 +171,7 @@ class _Stream:
                 if isinstance(first, Exception):
                     probe.error = first
                 else:
-                    probe.result = bool(first)
+                    probe.result = probe.checks_stops and bool(first)
 
     @staticmethod
     def _answer(conn: AbstractConnection) -> object:
@@ -219,14 +221,15 @@ class SendJournal:
     def intend(self, key: str, message_ids: Sequence[int], stop_keys: Sequence[str] = ()) -> Probe:
         """Record that these messages are about to be submitted (written when this returns; raises
         redis.ConnectionError when it could not be). The same write checks `stop_keys` (a
-        campaign's halt flag, a gateway's down mark): the probe says whether one existed."""
+        campaign's halt flag, a gateway's down mark): the probe says whether one existed, once
+        Redis answered."""
         commands: list[tuple[object, ...]] = []
         if stop_keys:
             commands.append(("EXISTS", *stop_keys))
         commands.append(("RPUSH", key, "i " + " ".join(str(i) for i in message_ids)))
         commands.append(("PEXPIRE", key, self._ttl_ms))
-        probe = Probe(self._stream if stop_keys else None)
-        self._stream.send(commands, probe if stop_keys else None)
+        probe = Probe(self._stream, checks_stops=bool(stop_keys))
+        self._stream.send(commands, probe)
         return probe
 
     def accepted(self, key: str, message_id: int, segment: int, segments: int, provider_id: str) -> None:

@@ -197,6 +197,8 @@ def test_intents_go_out_a_group_ahead_and_a_halt_stops_within_two_groups(redis_c
         redis_client.set(halt, 1)  # paused while group 1 is on the wire
         assert intents.before([3, 4], [5, 6]) is False  # group 2's check went out before the halt
         assert intents.before([5, 6], []) is True
+        # Without stop keys the first answer is the list's length, not a halt.
+        assert Intents(journal, journal_key("gw", "nostop"), []).before([7], []) is False
     finally:
         journal.close()
 
