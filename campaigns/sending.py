@@ -348,6 +348,14 @@ def record(
                 "b_next": o.retry_at or (now + retry_delay(tried) if kind == "retry" else None),
             }
         )
+        if kind == "sent" and gateway is not None:
+            # An accepted SMS is its segment rows; the timeline's `submitted` entry is read from
+            # them (api/views.py), so no event row repeats them on the hot path.
+            segments.extend(
+                {"message_id": o.message_id, "gateway": gateway, "seq": i, "provider_id": pid, "submitted_at": now}
+                for i, pid in enumerate(o.provider_ids)
+            )
+            continue
         detail: dict[str, Any] = {}
         if o.error_code:
             detail = {"error": o.error_code, "text": o.error_text}
@@ -356,11 +364,6 @@ def record(
         events.append(
             {"message_id": o.message_id, "at": now, "kind": "submitted" if kind == "sent" else kind, "detail": detail}
         )
-        if kind == "sent" and gateway is not None:
-            segments.extend(
-                {"message_id": o.message_id, "gateway": gateway, "seq": i, "provider_id": pid, "submitted_at": now}
-                for i, pid in enumerate(o.provider_ids)
-            )
     postgres = session.get_bind().dialect.name == "postgresql"
     for kind, rows in params.items():
         if kind == "sent" and postgres:

@@ -13,7 +13,7 @@ from accounts.service import audit
 from api.deps import AnyRole, Sender, SessionDep, StateDep
 from api.views import encode_cursor, int_cursor, message_view
 from campaigns.bounces import BounceKeys, apply_bounce
-from campaigns.models import Campaign, Message, MessageEvent
+from campaigns.models import Campaign, Message, MessageEvent, SmsSegment
 from campaigns.phones import PhoneError, normalise_phone
 from loa.errors import Invalid, NotFound, TooLarge
 
@@ -72,8 +72,9 @@ def get(message_id: str, caller: AnyRole, session: SessionDep) -> dict[str, Any]
             select(MessageEvent).where(col(MessageEvent.message_id) == row.id).order_by(col(MessageEvent.id))
         )
     )  # type: ignore[arg-type]
+    segments = list(session.scalars(select(SmsSegment).where(col(SmsSegment.message_id) == row.id)))
     audit(session, caller.org.id, caller.key.id, "message.view", message_id)
-    return message_view(row, events)
+    return message_view(row, events, segments)
 
 
 @router.post(

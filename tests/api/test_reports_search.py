@@ -8,9 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
 from accounts.models import Role
 from campaigns.dispatch import Router, dispatch_pass
+from campaigns.models import Message
 from campaigns.receipts import IncomingDeliver, apply_inbox, store_delivers
 from campaigns.sending import Outcome, record
 from gateways.config import builtin_gateways
@@ -115,4 +118,24 @@ def test_filters_within_a_campaign_and_the_timeline(api: Api) -> None:
         ("queued", None),
         ("dispatched", None),
         ("retry", "0x58"),
+    ]
+    # Sent on the next attempt: its `submitted` entry (read from the segment rows) comes last.
+    with transaction(api.engine) as session:
+        session.execute(update(Message).where(col(Message.id) == retried).values(next_attempt_at=None))
+        [again] = dispatch_pass(session, GATEWAYS, Router(GATEWAYS), batch_size=10, lease_s=60)
+    with transaction(api.engine) as session:
+        record(
+            session,
+            [Outcome(retried, "sent", provider_ids=["CD"], segments=1)],
+            again.claim,
+            max_attempts=5,
+            gateway=again.gateway,
+        )
+    events = ok(client.get(f"/v1/messages/{retried}"))["events"]
+    assert [(e["kind"], e["detail"].get("provider_ids")) for e in events] == [
+        ("queued", None),
+        ("dispatched", None),
+        ("retry", None),
+        ("dispatched", None),
+        ("submitted", ["CD"]),
     ]

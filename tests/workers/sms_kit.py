@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import col
 
-from campaigns.models import Message, MessageEvent, MessageStatus
+from campaigns.models import Message, MessageStatus
 from gateways.smpp.simulator import Account, SimulatorConfig, Smsc, run_in_thread
 from loa.settings import Settings
 from tests.conftest import SECRET, Procs, wait_for
@@ -222,16 +222,6 @@ def settled(engine: Engine, campaign_id: str, final: set[str] | None = None) -> 
 def wait_settled(engine: Engine, campaign_id: str, timeout: float = 120.0) -> dict[str, int]:
     wait_for(lambda: settled(engine, campaign_id), timeout, what=f"campaign {campaign_id} settled")
     return counts(engine, campaign_id)
-
-
-def event_kinds(engine: Engine, message_id: int) -> list[str]:
-    with engine.connect() as conn:
-        rows = conn.scalars(
-            select(col(MessageEvent.kind))
-            .where(col(MessageEvent.message_id) == message_id)
-            .order_by(col(MessageEvent.id))
-        )
-        return [str(k) for k in rows]
 
 
 def quiet(smsc: Smsc, seconds: float = 1.0, timeout: float = 30.0) -> None:
