@@ -5,15 +5,17 @@ portable fallback for SQLite.
   values, so the statement compiles once and is cached; `IN (...)` elsewhere.
 - `insert_rows(session, table, rows)`: COPY on Postgres (timeline events and segments are written
   per message, thousands per second); a Core executemany elsewhere.
+- `Prebuilt`: a statement built once per dialect, its id list bound at execution (`any_param`,
+  `any_value`), for the statements run for every batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from psycopg.types.json import Json
-from sqlalchemy import JSON, BigInteger, ColumnElement, String, Table, any_, bindparam, cast, insert
+from sqlalchemy import JSON, BigInteger, ColumnElement, Executable, String, Table, any_, bindparam, cast, insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import UserDefinedType
 from sqlmodel import Session
@@ -41,11 +43,48 @@ def is_postgres(session: Session) -> bool:
 def any_of(session: Session, column: Any, values: Sequence[Any], *, text: bool = False) -> ColumnElement[bool]:
     """`column IN values`, as one array parameter on Postgres (integer ids, or strings with `text`)."""
     if is_postgres(session):
-        kind: ARRAY[Any] = ARRAY(String) if text else ARRAY(BigInteger)
         # Named after the column (stable: the compiled statement is cached across batches).
         param: Any = bindparam(f"any_{column.key}", array_literal(values, text=text), type_=_ArrayText())
-        return column == any_(cast(param, kind))  # type: ignore[no-any-return]
+        return _any(column, param, text)
     return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def _any(column: Any, param: Any, text: bool) -> ColumnElement[bool]:
+    kind: ARRAY[Any] = ARRAY(String) if text else ARRAY(BigInteger)
+    return column == any_(cast(param, kind))  # type: ignore[no-any-return]
+
+
+def any_param(column: Any, name: str, *, postgres: bool, text: bool = False) -> ColumnElement[bool]:
+    """`any_of` without its values: they are bound at execution as `{name: any_value(...)}`."""
+    if postgres:
+        return _any(column, bindparam(name, type_=_ArrayText()), text)
+    return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
+
+
+def any_value(values: Sequence[Any], *, postgres: bool, text: bool = False) -> Any:
+    return array_literal(values, text=text) if postgres else list(values)
+
+
+S = TypeVar("S", bound=Executable)
+
+
+class Prebuilt(Generic[S]):
+    """A statement built once per dialect (`build(postgres)`), then reused.
+
+    SQLAlchemy caches the compiled SQL, but to find it, it walks a newly built statement to
+    make its cache key: ~0.35 ms for a 14-column locked read by id, several times per batch
+    on the send and receipt paths. A statement object it has seen keeps its key."""
+
+    def __init__(self, build: Callable[[bool], S]) -> None:
+        self._build = build
+        self._built: dict[bool, S] = {}
+
+    def __call__(self, session: Session) -> S:
+        postgres = is_postgres(session)
+        stmt = self._built.get(postgres)
+        if stmt is None:
+            stmt = self._built[postgres] = self._build(postgres)
+        return stmt
 
 
 def array_literal(values: Sequence[Any], *, text: bool = False) -> str:

@@ -9,15 +9,15 @@ journal. `contribution` is the one definition of those cells; the exact recount 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, cast, exists, insert, select
+from sqlalchemy import Select, String, bindparam, cast, exists, insert, select
 from sqlmodel import Session, col
 
-from campaigns.bulk import any_of
+from campaigns.bulk import Prebuilt, any_of, any_param, any_value, is_postgres
 from campaigns.models import Campaign, Message
 from campaigns.report_models import CampaignCounter, ReportState, Webhook
 from loa.db import table_of
@@ -114,10 +114,7 @@ def field_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def campaign_info(session: Session, campaign_ids: Iterable[str]) -> dict[str, CampaignInfo]:
-    ids = sorted(set(campaign_ids))
-    if not ids:
-        return {}
+def _campaign_info(_postgres: bool) -> Select[Any]:
     feed = (
         exists()
         .where(
@@ -127,11 +124,32 @@ def campaign_info(session: Session, campaign_ids: Iterable[str]) -> dict[str, Ca
         )
         .correlate(Campaign)
     )
-    rows = session.execute(
+    return (
         select(col(Campaign.id), col(Campaign.org_id), col(Campaign.channel), col(ReportState.fields), feed)
         .outerjoin(ReportState, col(ReportState.campaign_id) == col(Campaign.id))
-        .where(col(Campaign.id).in_(ids))
+        .where(col(Campaign.id).in_(bindparam("cids", expanding=True)))
     )
+
+
+def _states(lock: bool) -> Callable[[bool], Select[Any]]:
+    def build(postgres: bool) -> Select[Any]:
+        stmt = select(*_COLUMNS).where(any_param(_MESSAGES.c.id, "ids", postgres=postgres)).order_by(_MESSAGES.c.id)
+        # In id order: writers that lock batches cannot deadlock.
+        return stmt.with_for_update() if lock and postgres else stmt
+
+    return build
+
+
+_CAMPAIGN_INFO = Prebuilt(_campaign_info)
+_STATES = Prebuilt(_states(lock=False))
+_STATES_LOCKED = Prebuilt(_states(lock=True))
+
+
+def campaign_info(session: Session, campaign_ids: Iterable[str]) -> dict[str, CampaignInfo]:
+    ids = sorted(set(campaign_ids))
+    if not ids:
+        return {}
+    rows = session.execute(_CAMPAIGN_INFO(session), {"cids": ids})
     return {
         cid: CampaignInfo(org, str(channel), tuple(fields or ()), bool(wants))
         for cid, org, channel, fields, wants in rows
@@ -148,10 +166,8 @@ def read_states(
     """The counted states of these messages."""
     if not ids:
         return {}, dict(campaigns or {}), {}
-    stmt = select(*_COLUMNS).where(any_of(session, _MESSAGES.c.id, ids)).order_by(_MESSAGES.c.id)
-    if lock and session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()  # in id order: writers that lock batches cannot deadlock
-    rows = session.execute(stmt).all()
+    stmt = (_STATES_LOCKED if lock else _STATES)(session)
+    rows = session.execute(stmt, {"ids": any_value(ids, postgres=is_postgres(session))}).all()
     info = dict(campaigns) if campaigns is not None else campaign_info(session, {r[1] for r in rows})
     wanted = {cid for cid, i in info.items() if i.fields}
     values: dict[int, dict[str, Any]] = {}
