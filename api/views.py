@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 from datetime import datetime
-from itertools import groupby
 from typing import Any
 
 from sqlmodel import Session
@@ -14,7 +13,8 @@ from sqlmodel import Session
 from accounts.models import ApiKey, AuditEntry
 from campaigns import tally
 from campaigns.counters import GATEWAY
-from campaigns.models import Campaign, Message, MessageEvent, SmsSegment
+from campaigns.models import Campaign, Message
+from campaigns.timeline import Entry
 from loa.errors import Invalid
 from loa.timeutil import iso_z, to_utc
 
@@ -56,9 +56,7 @@ def campaign_view(session: Session, c: Campaign, *, with_counts: bool = True) ->
     return view
 
 
-def message_view(
-    m: Message, events: list[MessageEvent] | None = None, segments: list[SmsSegment] | None = None
-) -> dict[str, Any]:
+def message_view(m: Message, timeline: list[Entry] | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": str(m.id),
         "campaign_id": m.campaign_id,
@@ -81,27 +79,9 @@ def message_view(
         "delivered_at": iso_z(m.delivered_at),
         "updated_at": iso_z(m.updated_at),
     }
-    if events is not None:
-        view["events"] = timeline(m, events, segments or [])
+    if timeline is not None:
+        view["events"] = [{"at": iso_z(e.at), "kind": e.kind, "detail": e.detail} for e in timeline]
     return view
-
-
-def timeline(m: Message, events: list[MessageEvent], segments: list[SmsSegment]) -> list[dict[str, Any]]:
-    """The message's events in time order, with the entries its rows record instead of events.
-
-    It starts when the recipient was queued (the message row records it). An SMS the SMSC
-    accepted is recorded as its segment rows, one per submit_sm with the provider id its receipt
-    names; the segments of one submission (same time) make one `submitted` entry, as the event
-    used to be (a resend after an ambiguous submit is a second one)."""
-    entries: list[tuple[datetime, str, dict[str, Any]]] = [
-        (m.created_at, "queued", {"upload": m.upload_id, "row": m.row}),
-        *((e.at, e.kind, e.detail) for e in events),
-    ]
-    ordered = sorted(segments, key=lambda s: (s.submitted_at, s.seq))
-    for at, group in groupby(ordered, key=lambda s: s.submitted_at):
-        entries.append((at, "submitted", {"provider_ids": [s.provider_id for s in group]}))
-    entries.sort(key=lambda e: to_utc(e[0]))  # stable: events of one instant keep their order
-    return [{"at": iso_z(at), "kind": kind, "detail": detail} for at, kind, detail in entries]
 
 
 def key_view(k: ApiKey) -> dict[str, Any]:

@@ -204,6 +204,10 @@ class SmsSegment(SQLModel, table=True):
     provider_id: str = Field(max_length=80)
     status: str | None = Field(default=None, max_length=16)
     submitted_at: datetime = Field(default_factory=utcnow)
+    # Its final receipt (the first; later ones change nothing): the timeline's entry (migration 0006).
+    receipt_at: datetime | None = None
+    receipt_stat: str | None = Field(default=None, max_length=16)
+    receipt_err: str | None = Field(default=None, max_length=16)
 
 
 class ReceiptInbox(SQLModel, table=True):

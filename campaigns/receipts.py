@@ -25,6 +25,7 @@ from campaigns import counters
 from campaigns.bulk import any_of, array_literal, insert_rows, is_postgres
 from campaigns.models import Campaign, Message, MessageEvent, MessageStatus, ReceiptInbox, Reply, SmsSegment
 from campaigns.recipients import mark_suppressed
+from campaigns.timeline import receipt_detail
 from gateways.config import DEFAULT_OPT_OUT, GatewaysConfig
 from gateways.smpp.codec import decode_gsm7, strip_diacritics
 from gateways.smpp.receipts import (
@@ -207,7 +208,8 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
     now = utcnow()
     done: list[int] = []
     parked: list[int] = []
-    new_status: dict[int, str] = {}  # segment id → its final status (first final receipt wins)
+    # segment id → (its final status, the receipt's stat and err): the first final receipt wins
+    new_status: dict[int, tuple[str, str, str | None]] = {}
     events: list[dict[str, Any]] = []
     for rid, gateway, _, state_text, raw_stat, err in receipts:
         seg = next((segments[(gateway, c)] for c in candidates[rid] if (gateway, c) in segments), None)
@@ -216,27 +218,27 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
             continue
         done.append(rid)
         state = ReceiptState(state_text)
-        final = is_final(state)
-        if final and (seg.status is not None or seg.id in new_status):
-            continue  # a duplicate (or a second final state): status only moves forward
-        if final:
+        stat = raw_stat or state.value
+        if not is_final(state):  # ENROUTE, ACCEPTD: an event on the timeline, the status stays
+            detail = receipt_detail(stat, err, seg.seq, seg.provider_id)
+            events.append({"message_id": seg.message_id, "at": now, "kind": "receipt", "detail": detail})
+        elif seg.status is None and seg.id not in new_status:  # else a duplicate: status only moves forward
             status = message_status_for(state)
             if err and state is not ReceiptState.DELIVERED:
                 status = f"{status}:{err}"
-            new_status[seg.id] = status[:16]
-        detail = {"stat": raw_stat or state.value, "err": err, "segment": seg.seq, "provider_id": seg.provider_id}
-        events.append({"message_id": seg.message_id, "at": now, "kind": "receipt", "detail": detail})
-    by_status: dict[str, list[int]] = defaultdict(list)
-    for seg_id, status in new_status.items():
-        by_status[status].append(seg_id)
-    for status, seg_ids in by_status.items():
+            new_status[seg.id] = (status[:16], stat[:16], err)
+    # The segment keeps its final receipt for the timeline (campaigns/timeline.py): no event row.
+    by_receipt: dict[tuple[str, str, str | None], list[int]] = defaultdict(list)
+    for seg_id, receipt in new_status.items():
+        by_receipt[receipt].append(seg_id)
+    for (status, stat, err), seg_ids in by_receipt.items():
         session.execute(
             update(_segments)
             .where(any_of(session, _segments.c.id, seg_ids), _segments.c.status.is_(None))
-            .values(status=status)
+            .values(status=status, receipt_at=now, receipt_stat=stat, receipt_err=err)
         )
     if new_status:
-        settled = {seg.message_id: new_status[seg.id] for seg in segments.values() if seg.id in new_status}
+        settled = {seg.message_id: new_status[seg.id][0] for seg in segments.values() if seg.id in new_status}
         _finish_messages(session, settled, now)
     insert_rows(session, _events, events)
     if done:

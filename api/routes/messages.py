@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 from accounts.service import audit
 from api.deps import AnyRole, Sender, SessionDep, StateDep
 from api.views import encode_cursor, int_cursor, message_view
+from campaigns import timeline
 from campaigns.bounces import BounceKeys, apply_bounce
-from campaigns.models import Campaign, Message, MessageEvent, SmsSegment
+from campaigns.models import Campaign, Message
 from campaigns.phones import PhoneError, normalise_phone
 from loa.errors import Invalid, NotFound, TooLarge
 
@@ -67,14 +68,8 @@ def get(message_id: str, caller: AnyRole, session: SessionDep) -> dict[str, Any]
     ).scalar_one_or_none()
     if row is None:
         raise NotFound(f"message {message_id} not found")
-    events = list(
-        session.scalars(
-            select(MessageEvent).where(col(MessageEvent.message_id) == row.id).order_by(col(MessageEvent.id))
-        )
-    )  # type: ignore[arg-type]
-    segments = list(session.scalars(select(SmsSegment).where(col(SmsSegment.message_id) == row.id)))
     audit(session, caller.org.id, caller.key.id, "message.view", message_id)
-    return message_view(row, events, segments)
+    return message_view(row, timeline.entries(session, row))
 
 
 @router.post(

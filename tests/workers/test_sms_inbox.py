@@ -7,8 +7,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import Engine, func, select, update
-from sqlmodel import col
+from sqlmodel import Session, col
 
+from campaigns import timeline
 from campaigns.models import Message, MessageEvent, ReceiptInbox, Reply, SmsSegment, Suppression
 from campaigns.receipts import IncomingDeliver, apply_inbox, is_opt_out, parked_counts, store_delivers
 from campaigns.sending import Outcome, begin_submit, record
@@ -100,14 +101,19 @@ def test_status_only_moves_forward_and_duplicates_change_nothing(db: Engine) -> 
     store(db, "hexgw", receipt("A1", "UNDELIV"), receipt("B1"))  # late and contradicting
     assert apply(db) == (2, 0)
     assert statuses(db, cid) == {a: "delivered", b: "undeliverable"}
-    with db.connect() as conn:
-        kinds = conn.execute(
-            select(col(MessageEvent.message_id), col(MessageEvent.detail)).where(col(MessageEvent.kind) == "receipt")
-        ).all()
-        error = conn.scalar(select(col(Message.error_code)).where(col(Message.id) == b))
-    stats = sorted((mid, detail["stat"]) for mid, detail in kinds)
-    assert stats == [(a, "DELIVRD"), (a, "ENROUTE"), (b, "UNDELIV")], "a duplicate or a late receipt left a trace"
+    with Session(db) as session:
+        receipts = {
+            m.id: [(e.detail["stat"], e.detail["err"]) for e in timeline.entries(session, m) if e.kind == "receipt"]
+            for m in session.scalars(select(Message).where(col(Message.id).in_([a, b])))
+        }
+        error = session.scalar(select(col(Message.error_code)).where(col(Message.id) == b))
+    # The final receipt is kept on the segment, ENROUTE is an event; both are on the timeline.
+    assert sorted(receipts[a]) == [("DELIVRD", "000"), ("ENROUTE", "000")], "a duplicate or late receipt left a trace"
+    assert receipts[b] == [("UNDELIV", "0B")]
     assert error == "err:0B"
+    with db.connect() as conn:
+        events = conn.scalars(select(col(MessageEvent.detail)).where(col(MessageEvent.kind) == "receipt")).all()
+    assert [d["stat"] for d in events] == ["ENROUTE"]  # one event row: the receipt that is not final
 
 
 def test_a_long_message_takes_the_worst_outcome_of_its_segments(db: Engine) -> None:
