@@ -350,7 +350,7 @@ def record(
         )
         if kind == "sent" and gateway is not None:
             # An accepted SMS is its segment rows; the timeline's `submitted` entry is read from
-            # them (api/views.py), so no event row repeats them on the hot path.
+            # them (campaigns/timeline.py), so no event row repeats them on the hot path.
             segments.extend(
                 {"message_id": o.message_id, "gateway": gateway, "seq": i, "provider_id": pid, "submitted_at": now}
                 for i, pid in enumerate(o.provider_ids)
