@@ -12,13 +12,15 @@ changes nothing (not even the timeline).
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Engine, delete, func, select, text, update
 from sqlmodel import Session, col
 
 from campaigns import counters
@@ -38,7 +40,7 @@ from gateways.smpp.receipts import (
     receipt_id_candidates,
     worst_outcome,
 )
-from loa.db import table_of
+from loa.db import is_sqlite, table_of, transaction
 from loa.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -248,6 +250,49 @@ def apply_inbox(session: Session, gateways: GatewaysConfig, limit: int = 5000) -
             update(_inbox).where(any_of(session, _inbox.c.id, parked)).values(attempts=_inbox.c.attempts + 1)
         )
     return len(done), len(parked)
+
+
+def drain_inbox(
+    engine: Engine,
+    gateways: GatewaysConfig,
+    *,
+    lanes: int = 2,
+    budget_s: float = float("inf"),
+    retry: Callable[[Callable[[], tuple[int, int]]], tuple[int, int]] = lambda fn: fn(),
+    limit: int = 5000,
+) -> tuple[int, bool]:
+    """Apply inbox passes (`limit` receipts each, one transaction each) until a pass finds
+    nothing left to apply; returns (applied, whether the budget ran out first).
+
+    On Postgres `lanes` passes are in flight at once. One pass waits on Postgres about half
+    its time, so a second one keeps both cores busy (~1.6x the receipts per second). They
+    take different receipts (`SKIP LOCKED`) and lock message rows in id order; a message whose
+    segments' receipts are in two passes is decided by the second to lock it, which then sees
+    the first's segments. Two passes holding duplicate receipts of each other's segments can
+    deadlock: Postgres ends one, and `retry` (the workers' DB retry) runs it again. SQLite
+    writes one transaction at a time: one lane."""
+    started = time.monotonic()
+
+    def step() -> tuple[int, int]:
+        with transaction(engine) as session:
+            return apply_inbox(session, gateways, limit=limit)
+
+    def lane() -> tuple[int, bool]:
+        applied = 0
+        while True:
+            done, _parked = retry(step)
+            applied += done
+            if not done:
+                return applied, False
+            if time.monotonic() - started > budget_s:
+                return applied, True
+
+    lanes = 1 if is_sqlite(engine) else max(1, lanes)
+    if lanes == 1:
+        return lane()
+    with ThreadPoolExecutor(lanes, thread_name_prefix="receipts") as pool:
+        results = [f.result() for f in [pool.submit(lane) for _ in range(lanes)]]
+    return sum(n for n, _ in results), any(more for _, more in results)
 
 
 def _segments_named(session: Session, wanted: dict[str, set[str]]) -> dict[tuple[str, str], _Segment]:

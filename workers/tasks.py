@@ -15,7 +15,7 @@ import redis
 
 from campaigns.dispatch import Batch, Router, dispatch_pass
 from campaigns.models import Channel
-from campaigns.receipts import apply_inbox
+from campaigns.receipts import drain_inbox
 from campaigns.scheduling import purge_retention, refresh_statistics
 from campaigns.scheduling import tick as scheduler_tick
 from gateways.health import down_gateways
@@ -43,6 +43,7 @@ DISPATCH_BUDGET_S = 10.0  # well inside the lock: a second dispatcher never runs
 RECEIPTS_AGAIN_KEY = "loa:receipts:again"
 RECEIPTS_LOCK_S = 60
 RECEIPTS_BUDGET_S = 10.0
+RECEIPT_LANES = 2  # inbox passes in flight at once on Postgres (see drain_inbox)
 
 
 def kick(rt: Runtime, task: str, queue: str) -> None:
@@ -196,34 +197,32 @@ def send_email(relay: str, campaign_id: str, claim: str, ids: list[int]) -> dict
 
 @app.task(name="loa.apply_receipts", ignore_result=True)
 def apply_receipts() -> int:
-    """Apply the receipt inbox, one worker at a time, for a bounded time per task.
+    """Apply the receipt inbox, one task at a time, for a bounded time per task.
 
-    One at a time because parallel passes only fight over the same rows; bounded so a big inbox
-    never holds a worker thread (and the ticks and dispatches queued behind it) for long: past the
-    budget the task hands over to a fresh one at the back of the queue."""
+    One task at a time, with `RECEIPT_LANES` passes in flight (`campaigns.receipts.drain_inbox`);
+    bounded so a big inbox never holds a worker thread (and the ticks and dispatches queued behind
+    it) for long: past the budget the task hands over to a fresh one at the back of the queue."""
     rt = get_runtime()
     total = 0
     more = False
-
-    def step() -> tuple[int, int]:
-        with transaction(rt.engine) as session:
-            return apply_inbox(session, rt.gateways)
-
     try:
         with exclusive(rt, "receipts", RECEIPTS_LOCK_S) as got:
             if not got:
                 rt.redis.set(RECEIPTS_AGAIN_KEY, "1", px=RECEIPTS_LOCK_S * 1000)
                 return 0
-            started = time.monotonic()
-            while True:
+            deadline = time.monotonic() + RECEIPTS_BUDGET_S
+            while not more:
                 rt.redis.delete(RECEIPTS_AGAIN_KEY)
-                applied, _parked = with_db_retry(step)
+                applied, more = drain_inbox(
+                    rt.engine,
+                    rt.gateways,
+                    lanes=RECEIPT_LANES,
+                    budget_s=deadline - time.monotonic(),
+                    retry=with_db_retry,
+                )
                 total += applied
-                if not applied and not rt.redis.exists(RECEIPTS_AGAIN_KEY):
-                    break
-                if time.monotonic() - started > RECEIPTS_BUDGET_S:
-                    more = True
-                    break
+                if not rt.redis.exists(RECEIPTS_AGAIN_KEY):
+                    break  # else receipts were stored while the inbox drained: drain it again
     except redis.RedisError as exc:
         log.warning("receipts not applied: redis unavailable (%s); the next tick asks again", exc)
     if more:

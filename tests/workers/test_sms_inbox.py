@@ -4,19 +4,21 @@ intermediate states, the worst outcome of a long message, the 7-day report, and 
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 
 from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session, col
 
-from campaigns import timeline
+from campaigns import counters, timeline
 from campaigns.models import Message, MessageEvent, ReceiptInbox, Reply, SmsSegment, Suppression
-from campaigns.receipts import IncomingDeliver, apply_inbox, is_opt_out, parked_counts, store_delivers
+from campaigns.receipts import IncomingDeliver, apply_inbox, drain_inbox, is_opt_out, parked_counts, store_delivers
 from campaigns.sending import Outcome, begin_submit, record
 from gateways.config import GatewaysConfig, SmppGateway
 from loa.db import transaction
 from loa.timeutil import utcnow
 from tests.workers.wave_kit import seed_campaign
+from workers.retrying import with_db_retry
 
 GATEWAYS = GatewaysConfig(
     smpp=[
@@ -114,6 +116,34 @@ def test_status_only_moves_forward_and_duplicates_change_nothing(db: Engine) -> 
     with db.connect() as conn:
         events = conn.scalars(select(col(MessageEvent.detail)).where(col(MessageEvent.kind) == "receipt")).all()
     assert [d["stat"] for d in events] == ["ENROUTE"]  # one event row: the receipt that is not final
+
+
+def test_passes_in_flight_together_apply_each_receipt_once_and_keep_the_counters_exact(db: Engine) -> None:
+    """drain_inbox as the receipts task runs it (two lanes on Postgres), in passes of 7 receipts:
+    a message's segments and a segment's duplicates land in different passes."""
+    cid = seed_campaign(db, 60, tag="lanes")
+    ids = message_ids(db, cid)
+    segments = {mid: [f"{mid:X}{k}" for k in range(1 + i % 3)] for i, mid in enumerate(ids)}
+    sent(db, cid, "hexgw", segments)
+    with transaction(db) as session:
+        counters.reconcile(session, cid)  # the seeded rows were never counted live
+    failing = set(ids[::7])  # their last segment is undeliverable: the message takes the worst
+    delivers = [
+        receipt(pid, "UNDELIV" if mid in failing and k == len(pids) - 1 else "DELIVRD", "0B")
+        for mid, pids in segments.items()
+        for k, pid in enumerate(pids)
+    ]
+    delivers += delivers[::4]  # duplicates
+    random.Random(7).shuffle(delivers)
+    store(db, "hexgw", *delivers)
+    applied, more = drain_inbox(db, GATEWAYS, lanes=2, limit=7, retry=with_db_retry)
+    assert (applied, more) == (len(delivers), False)
+    assert statuses(db, cid) == {mid: "undeliverable" if mid in failing else "delivered" for mid in ids}
+    with Session(db) as session:
+        assert counters.reconcile(session, cid) == 0, "the live counters drifted from the rows"
+        entries = [e for m in session.scalars(select(Message)) for e in timeline.entries(session, m)]
+        assert sum(e.kind == "receipt" for e in entries) == sum(len(p) for p in segments.values())
+        assert session.scalar(select(func.count()).select_from(ReceiptInbox)) == 0
 
 
 def test_a_long_message_takes_the_worst_outcome_of_its_segments(db: Engine) -> None:
