@@ -24,11 +24,10 @@ from sqlmodel import col
 from bench.bench_sms_kit import DEFAULT_DB, fresh_schema, machine, seed_campaign
 from campaigns import counters
 from campaigns.models import Message, ReceiptInbox, SmsSegment
-from campaigns.receipts import drain_inbox
+from campaigns.receipts import LANES, drain_inbox
 from gateways.config import GatewaysConfig, SmppGateway
 from loa.db import table_of, transaction
 from loa.timeutil import utcnow
-from workers.tasks import RECEIPT_LANES
 
 GATEWAYS = GatewaysConfig(
     smpp=[SmppGateway(name="bench", host="127.0.0.1", port=2775, system_id="bench", password="pw")]  # type: ignore[arg-type]
@@ -97,7 +96,6 @@ def run(url: str, limit: int, lanes: int) -> tuple[int, float, float, float]:
     from loa.db import make_engine
 
     engine = make_engine(url, pool_size=lanes + 1)
-    applied = 0
     db_before = _backends_cpu_s(engine)
     start, cpu = time.perf_counter(), time.process_time()
     applied, _more = drain_inbox(engine, GATEWAYS, lanes=lanes, limit=limit)  # what the receipts task runs
@@ -115,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--receipts", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=5_000)
-    parser.add_argument("--lanes", type=int, default=RECEIPT_LANES, help="passes in flight (the receipts task's)")
+    parser.add_argument("--lanes", type=int, default=LANES, help="passes in flight (the receipts task's)")
     parser.add_argument("--database-url", default=DEFAULT_DB)
     args = parser.parse_args()
     print(f"machine: {machine()}; {args.receipts} receipts, batches of {args.batch}, {args.lanes} lanes")

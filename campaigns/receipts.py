@@ -46,6 +46,7 @@ from loa.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 PARKED_REPORT_AFTER = timedelta(days=7)
+LANES = 2  # inbox passes in flight at once on Postgres (see drain_inbox)
 _inbox = table_of(ReceiptInbox)
 _messages = table_of(Message)
 _segments = table_of(SmsSegment)
@@ -256,7 +257,7 @@ def drain_inbox(
     engine: Engine,
     gateways: GatewaysConfig,
     *,
-    lanes: int = 2,
+    lanes: int = LANES,
     budget_s: float = float("inf"),
     retry: Callable[[Callable[[], tuple[int, int]]], tuple[int, int]] = lambda fn: fn(),
     limit: int = 5000,

@@ -241,11 +241,11 @@ class SendJournal:
     def write_accepted(self) -> None:
         """Write the acceptances noted so far: the sender calls it right before each submit, so
         submits in flight plus acceptances not yet journaled never exceed the window."""
-        self._write(self._take(lambda _key: True))
+        self._write_noted()
 
     def flush(self) -> None:
         """Write what is noted and wait until Redis executed everything written (tests)."""
-        self._write(self._take(lambda _key: True))
+        self._write_noted()
         self._stream.flush()
 
     def forget(self, key: str) -> None:
@@ -258,8 +258,11 @@ class SendJournal:
             self._redis.delete(key)  # else it expires; recovery skips finished claims
 
     def close(self) -> None:
-        self._write(self._take(lambda _key: True))
+        self._write_noted()
         self._stream.close()
+
+    def _write_noted(self) -> None:
+        self._write(self._take(lambda _key: True))
 
     def _take(self, keep: Callable[[str], bool]) -> list[tuple[str, str]]:
         with self._accepts_lock:

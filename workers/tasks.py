@@ -43,7 +43,6 @@ DISPATCH_BUDGET_S = 10.0  # well inside the lock: a second dispatcher never runs
 RECEIPTS_AGAIN_KEY = "loa:receipts:again"
 RECEIPTS_LOCK_S = 60
 RECEIPTS_BUDGET_S = 10.0
-RECEIPT_LANES = 2  # inbox passes in flight at once on Postgres (see drain_inbox)
 
 
 def kick(rt: Runtime, task: str, queue: str) -> None:
@@ -199,7 +198,7 @@ def send_email(relay: str, campaign_id: str, claim: str, ids: list[int]) -> dict
 def apply_receipts() -> int:
     """Apply the receipt inbox, one task at a time, for a bounded time per task.
 
-    One task at a time, with `RECEIPT_LANES` passes in flight (`campaigns.receipts.drain_inbox`);
+    One task at a time, with `campaigns.receipts.LANES` passes in flight (`drain_inbox`);
     bounded so a big inbox never holds a worker thread (and the ticks and dispatches queued behind
     it) for long: past the budget the task hands over to a fresh one at the back of the queue."""
     rt = get_runtime()
@@ -216,7 +215,6 @@ def apply_receipts() -> int:
                 applied, more = drain_inbox(
                     rt.engine,
                     rt.gateways,
-                    lanes=RECEIPT_LANES,
                     budget_s=deadline - time.monotonic(),
                     retry=with_db_retry,
                 )
