@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+import pytest
+from sqlalchemy import Engine, select, text, update
 from sqlmodel import col
 
 from campaigns import counters
@@ -23,6 +24,7 @@ from loa.timeutil import utcnow
 from tests.workers.wave_kit import campaign_row, counts, seed_campaign, set_campaign
 
 HOURS_48 = timedelta(hours=48)
+SECRET = "test-secret-key-0123456789"
 GATEWAYS = builtin_gateways()
 
 
@@ -158,6 +160,40 @@ def test_the_sweep_counts_only_submits_under_way_as_ambiguous(db: Engine) -> Non
             )
         )
         assert sorted(d["in_flight"] for d in swept) == [False] * 4 + [True] * 2
+
+
+def test_the_in_flight_mark_renews_only_a_lease_short_of_two_thirds(db: Engine) -> None:
+    running(db, 4)
+    batch = dispatch(db)[0]
+    fresh, short = batch.ids[:2], batch.ids[2:]
+    kept = utcnow() + timedelta(seconds=50)  # more than two thirds of 60 s left: kept as it is
+    set_messages(db, fresh, lease_until=kept)
+    set_messages(db, short, lease_until=utcnow() + timedelta(seconds=30))
+    before = utcnow()
+    with transaction(db) as session:
+        assert begin_submit(session, batch.ids, batch.claim, 60) == set(batch.ids)
+    leases = {m.id: m.lease_until for m in rows(db, batch.campaign_id)}
+    assert all(leases[i] == kept for i in fresh)
+    assert all(leases[i] is not None and leases[i] >= before + timedelta(seconds=60) for i in short)
+
+
+def test_the_in_flight_mark_is_a_hot_update_on_postgres(db: Engine) -> None:
+    """No indexed column changes, and migration 0007 leaves room on the page: no index entries."""
+    if db.dialect.name != "postgresql":
+        pytest.skip("HOT updates are Postgres's (LOA_TEST_DATABASE_URL)")
+    running(db, 20)
+    batch = dispatch(db)[0]
+    # This backend's counts not yet sent to the statistics collector, this transaction's included.
+    counts_now = text(
+        "SELECT pg_stat_get_xact_tuples_updated('message'::regclass),"
+        " pg_stat_get_xact_tuples_hot_updated('message'::regclass)"
+    )
+    with transaction(db) as session:
+        updated, hot = session.execute(counts_now).one()
+        loaded = load_batch(session, SecretBox(SECRET), batch.campaign_id, batch.ids, batch.claim, inflight_lease_s=60)
+        updated_after, hot_after = session.execute(counts_now).one()
+    assert len(loaded.messages) == 20
+    assert (updated_after - updated, hot_after - hot) == (20, 20)
 
 
 def test_the_sweep_fails_in_flight_rows_out_of_attempts_or_held_by_policy(db: Engine) -> None:
@@ -296,7 +332,7 @@ def test_a_redelivered_send_task_leaves_rows_already_in_flight_alone(db: Engine)
     worker, which must not submit them again (the journal and the sweep decide about them)."""
     cid = running(db, 4)
     batch = dispatch(db)[0]
-    box = SecretBox("test-secret-key-0123456789")
+    box = SecretBox(SECRET)
     with transaction(db) as session:  # the first worker loads and marks the batch, then dies
         first = load_batch(session, box, cid, batch.ids, batch.claim, inflight_lease_s=60)
     assert [m.id for m in first.messages] == batch.ids
