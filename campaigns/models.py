@@ -214,12 +214,11 @@ class ReceiptInbox(SQLModel, table=True):
     """Receipts committed before deliver_sm_resp goes back; applied in batches, parked if early."""
 
     __tablename__ = "receipt_inbox"
-    __table_args__ = (
-        Index("ix_receipt_inbox_gateway_provider", "gateway", "provider_id"),
-        # The applier reads fresh receipts first (migration 0005): a range scan, not a sort of
-        # the whole inbox each batch when a backlog of parked receipts builds up.
-        Index("ix_receipt_inbox_attempts_id", "attempts", "id"),
-    )
+    # The applier reads fresh receipts first (migration 0005): a range scan, not a sort of the
+    # whole inbox each batch when a backlog of parked receipts builds up. Nothing looks a receipt
+    # up by its provider id here (the applier matches segments by theirs), so that index went in
+    # migration 0008: every receipt of a wave is written here once and deleted once.
+    __table_args__ = (Index("ix_receipt_inbox_attempts_id", "attempts", "id"),)
 
     id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True, autoincrement=True))
     gateway: str = Field(max_length=64)
