@@ -64,6 +64,12 @@ def test_field_names_in_other_case_and_spelling() -> None:
     assert info.done_date == datetime(2024, 1, 15, 12, 40, tzinfo=UTC)
 
 
+def test_field_values_keep_their_case_when_other_characters_change_length_lower_cased() -> None:
+    # "İ".lower() is two characters: the fields are then found in an ASCII-only lower-cased copy.
+    info = parse_receipt("İİ ID:AbC12 Stat:DELIVRD Err:0İ0 text:İSTANBUL id:9")
+    assert (info.message_id, info.raw_stat, info.err) == ("AbC12", "DELIVRD", "0İ0")
+
+
 def test_missing_fields_are_none() -> None:
     info = parse_receipt("id:99 stat:REJECTD")
     assert info.state is ReceiptState.REJECTED
