@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, bindparam, case, select, text, update
+from sqlalchemy import Engine, bindparam, case, or_, select, text, update
 from sqlmodel import Session, col
 
 from campaigns import counters
@@ -187,7 +187,7 @@ def _mark_inflight(session: Session, ids: Sequence[int], held_as: list[str], cla
     Renewing every lease made it cost as much as a status change: one entry in each of six indexes
     per message."""
     now, t = utcnow(), _messages
-    fresh = now + timedelta(seconds=lease_s)
+    short = or_(t.c.lease_until.is_(None), t.c.lease_until < now + timedelta(seconds=lease_s * 2 / 3))
     return (
         update(t)
         .where(
@@ -197,9 +197,7 @@ def _mark_inflight(session: Session, ids: Sequence[int], held_as: list[str], cla
         )
         .values(
             claim=inflight_claim(claim),
-            lease_until=case(
-                (t.c.lease_until < now + timedelta(seconds=lease_s * 2 / 3), fresh), else_=t.c.lease_until
-            ),
+            lease_until=case((short, now + timedelta(seconds=lease_s)), else_=t.c.lease_until),
             updated_at=now,
         )
     )

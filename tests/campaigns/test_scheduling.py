@@ -163,12 +163,13 @@ def test_the_sweep_counts_only_submits_under_way_as_ambiguous(db: Engine) -> Non
 
 
 def test_the_in_flight_mark_renews_only_a_lease_short_of_two_thirds(db: Engine) -> None:
-    running(db, 4)
+    running(db, 5)
     batch = dispatch(db)[0]
     fresh, short = batch.ids[:2], batch.ids[2:]
     kept = utcnow() + timedelta(seconds=50)  # more than two thirds of 60 s left: kept as it is
     set_messages(db, fresh, lease_until=kept)
-    set_messages(db, short, lease_until=utcnow() + timedelta(seconds=30))
+    set_messages(db, short[:2], lease_until=utcnow() + timedelta(seconds=30))
+    set_messages(db, short[2:], lease_until=None)  # never left without one (the sweep needs it)
     before = utcnow()
     with transaction(db) as session:
         assert begin_submit(session, batch.ids, batch.claim, 60) == set(batch.ids)
