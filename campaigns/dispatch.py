@@ -45,9 +45,10 @@ BACKLOG_SECONDS = 4.0
 # ... and at most this many batches per bind (per connection for a relay): a gateway configured
 # for far more TPS than it really achieves (an unlimited simulator, a slow carrier) must not get a
 # queue that takes longer to drain than the claim lease, or its rows are swept while still queued
-# (16 x 200 in 120 s: a bind that sends fewer than ~27 a second). Fewer starved a fast bind: the
+# (16 x 500 in 120 s: a bind that sends fewer than ~67 a second; only a gateway whose `tps` is far
+# above 2,000 per bind reaches this bound before the 4 s one). Fewer starved a fast bind: the
 # worker holds four batches, kicks are debounced to 200 ms, and at 4,000 msg/s a queue of four
-# batches ran dry between two dispatch passes (empty in 43 % of samples; with 16, never).
+# batches of 200 ran dry between two dispatch passes (empty in 43 % of samples; with 16, never).
 BACKLOG_BATCHES_PER_BIND = 16
 NO_ROUTE = "no_route"
 # Rounds of one dispatch pass at most (each claims a share of every campaign that still has some).
@@ -101,14 +102,25 @@ class Router:
         ]
 
 
-def gateway_capacity(gateways: GatewaysConfig, batch_size: int) -> dict[tuple[Channel, str], int]:
-    caps: dict[tuple[Channel, str], int] = {}
-    for g in gateways.smpp:
-        per_binds = BACKLOG_BATCHES_PER_BIND * g.binds * batch_size
-        caps[(Channel.SMS, g.name)] = max(2 * batch_size, min(int(g.tps * BACKLOG_SECONDS), per_binds))
-    for r in gateways.smtp:
-        per_conns = BACKLOG_BATCHES_PER_BIND * r.connections * batch_size
-        caps[(Channel.EMAIL, r.name)] = max(2 * batch_size, min(int(r.rate * BACKLOG_SECONDS), per_conns))
+@dataclass(frozen=True)
+class Capacity:
+    """How many rows a gateway's queue may hold, in send tasks of how many rows."""
+
+    rows: int
+    batch: int
+
+
+def _capacity(per_second: float, sessions: int, batch_size: int) -> Capacity:
+    # A batch holds at most half the backlog's seconds: a slow gateway keeps small batches, so its
+    # queue still holds ~4 s of sending and an urgent campaign is not stuck behind two big batches.
+    batch = max(1, min(batch_size, int(per_second * BACKLOG_SECONDS / 2)))
+    per_sessions = BACKLOG_BATCHES_PER_BIND * sessions * batch
+    return Capacity(max(2 * batch, min(int(per_second * BACKLOG_SECONDS), per_sessions)), batch)
+
+
+def gateway_capacity(gateways: GatewaysConfig, batch_size: int) -> dict[tuple[Channel, str], Capacity]:
+    caps = {(Channel.SMS, g.name): _capacity(g.tps, g.binds, batch_size) for g in gateways.smpp}
+    caps.update({(Channel.EMAIL, r.name): _capacity(r.rate, r.connections, batch_size) for r in gateways.smtp})
     return caps
 
 
@@ -207,8 +219,9 @@ def dispatch_pass(
     hand_over(session, router.failed_over())
     caps = gateway_capacity(gateways, batch_size)
     busy = inflight(session)
-    room = {key: cap - busy.get(key[1], 0) for key, cap in caps.items()}
-    turn = _Turn(session, gateways, router, room, batch_size, lease_s)
+    room = {key: cap.rows - busy.get(key[1], 0) for key, cap in caps.items()}
+    sizes = {key: cap.batch for key, cap in caps.items()}
+    turn = _Turn(session, gateways, router, room, sizes, batch_size, lease_s)
     campaigns = dispatchable_campaigns(session)
     for _ in range(MAX_ROUNDS):
         campaigns = [c for c in campaigns if turn.take(c)]
@@ -225,6 +238,7 @@ class _Turn:
     gateways: GatewaysConfig
     router: Router
     room: dict[tuple[Channel, str], int]
+    sizes: dict[tuple[Channel, str], int]  # rows per send task, per gateway
     batch_size: int
     lease_s: int
     batches: list[Batch] = field(default_factory=list)
@@ -254,7 +268,7 @@ class _Turn:
         if len(_last_routes) > 10_000:  # campaigns come and go: keep this bounded
             _last_routes.clear()
         _last_routes[campaign.id] = frozenset(by_gateway)
-        by_gateway = _within_room(by_gateway, room, campaign.channel, batch_size)
+        by_gateway = _within_room(by_gateway, room, self.sizes, campaign.channel)
         if not by_gateway:
             return more
         counted = counters.snapshot(session, (i for ids in by_gateway.values() for i in ids))
@@ -274,12 +288,13 @@ class _Turn:
                 [{"message_id": i, "at": now, "kind": "dispatched", "detail": {"gateway": gateway}} for i in ids],
             )
             room[(campaign.channel, gateway)] = room.get((campaign.channel, gateway), 0) - len(ids)
-            for start in range(0, len(ids), batch_size):
+            size = self.sizes.get((campaign.channel, gateway), batch_size)
+            for start in range(0, len(ids), size):
                 # A claim token of its own per batch: a send task, its lease and its send journal
                 # then own exactly the rows of its batch, never those of a sibling batch. One
                 # update claims and routes them (each update of a message row costs a new row
                 # version and an entry in each of its indexes).
-                chunk, batch_claim = ids[start : start + batch_size], secrets.token_hex(8)
+                chunk, batch_claim = ids[start : start + size], secrets.token_hex(8)
                 session.execute(
                     update(_messages)
                     .where(any_of(session, _messages.c.id, chunk))
@@ -299,8 +314,8 @@ class _Turn:
 def _within_room(
     by_gateway: dict[str | None, list[int]],
     room: dict[tuple[Channel, str], int],
+    sizes: dict[tuple[Channel, str], int],
     channel: Channel,
-    batch_size: int,
 ) -> dict[str | None, list[int]]:
     """What each gateway's queue has room for (rounded up to whole batches); the rest of the
     pick stays queued, untouched. Without this a campaign routed to a full gateway fills it past
@@ -308,10 +323,11 @@ def _within_room(
     kept: dict[str | None, list[int]] = {}
     for gateway, ids in by_gateway.items():
         left = room.get((channel, gateway)) if gateway is not None else None
-        if left is None:  # unroutable (failed below) or not a configured gateway: no cap to keep
+        if gateway is None or left is None:  # unroutable (failed below) or not configured: no cap
             kept[gateway] = ids
             continue
-        n = 0 if left <= 0 else min(len(ids), -(-left // batch_size) * batch_size)
+        size = sizes[(channel, gateway)]
+        n = 0 if left <= 0 else min(len(ids), -(-left // size) * size)
         if n:
             kept[gateway] = ids[:n]
     return kept

@@ -119,6 +119,26 @@ def test_a_gateway_at_its_backlog_cap_takes_no_room_from_another(db: Engine) -> 
         assert counters.reconcile(session, fast) == 0
 
 
+def test_a_send_task_holds_at_most_two_seconds_of_its_gateways_tps(db: Engine) -> None:
+    """Batches of 50 asked for: "slow" (10 TPS) gets tasks of 20 and a queue of 40 (4 s), so an
+    urgent campaign never waits behind two big batches there; "fast" gets the 50 asked for."""
+    common: dict[str, Any] = {"host": "127.0.0.1", "port": 2775, "binds": 1}
+    gateways = GatewaysConfig.model_validate(
+        {
+            "smpp": [
+                {**common, "name": "slow", "system_id": "s", "password": "p", "tps": 10, "carriers": ["Viettel"]},
+                {**common, "name": "fast", "system_id": "f", "password": "p", "tps": 1000, "carriers": ["Vinaphone"]},
+            ]
+        }
+    )
+    running(db, 100, tag="s")
+    running(db, 100, tag="f", prefix="+8491", carrier="Vinaphone")
+    with transaction(db) as session:
+        batches = dispatch_pass(session, gateways, Router(gateways), batch_size=50, lease_s=60)
+    sizes = {g: sorted(len(b.ids) for b in batches if b.gateway == g) for g in ("slow", "fast")}
+    assert sizes == {"slow": [20, 20], "fast": [50, 50]}
+
+
 def test_deadline_expires_what_is_queued_and_leaves_what_is_in_flight(db: Engine) -> None:
     cid = running(db, 6, deadline=utcnow() + timedelta(hours=1))
     dispatched = dispatch(db, batch_size=1)  # one message per batch
