@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     receipt_timeout_hours: float = Field(48, gt=0)
     max_attempts: int = Field(5, ge=1, le=100)
     # Messages per send task: each task costs two transactions, a journal and a Celery message,
-    # which at 200 a batch took 4-17 % more CPU per message on a fast bind (bench/RESULTS.md).
+    # which at 200 a batch took 4-24 % more CPU per message on a fast bind (bench/RESULTS.md).
     dispatch_batch: int = Field(500, ge=1, le=5000)
     lease_seconds: int = Field(120, ge=10)
     scheduler_interval_s: float = Field(2.0, gt=0)
