@@ -38,6 +38,7 @@ from bench.bench_sms_kit import (
     DEFAULT_REDIS,
     SimAccount,
     Stack,
+    celery_app,
     fresh_schema,
     kick_dispatch,
     launch,
@@ -163,6 +164,7 @@ def end_to_end(port: int, n: int, db_url: str, redis_url: str, workdir: Path) ->
         stack.start("worker", "-Q", "dispatch,receipts", "-c", "4", name="dispatch")
         stack.start("scheduler", name="scheduler")
         wait_bound(redis_url, GATEWAY, 1)
+        celery_app(redis_url)
         start = time.perf_counter()
         launch(engine, campaign_id)
         kick_dispatch(redis_url)

@@ -17,10 +17,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import redis
+from celery import Celery
 from sqlalchemy import Engine, func, insert, select, text, update
 from sqlmodel import col
 
@@ -238,11 +240,17 @@ def wait_bound(redis_url: str, gateway: str, binds: int, timeout: float = 180.0)
     raise RuntimeError(f"no worker took the bind leases of {gateway} within {timeout:.0f}s")
 
 
-def kick_dispatch(redis_url: str) -> None:
+@cache
+def celery_app(redis_url: str) -> Celery:
+    """Loa's Celery app on `redis_url`; call it before a clock starts (the import takes ~0.15 s)."""
     from workers.celery_app import app, configure
 
     configure(redis_url)
-    app.send_task("loa.dispatch", queue="dispatch")
+    return app
+
+
+def kick_dispatch(redis_url: str) -> None:
+    celery_app(redis_url).send_task("loa.dispatch", queue="dispatch")
 
 
 def machine() -> str:

@@ -210,9 +210,11 @@ def dispatch_pass(
     *,
     batch_size: int,
     lease_s: int,
+    max_rows: int | None = None,
 ) -> list[Batch]:
-    """Weighted rounds over the dispatchable campaigns until the gateways' queues are full or no
-    campaign has more ready; returns the batches to enqueue after commit.
+    """Weighted rounds over the dispatchable campaigns until the gateways' queues are full, no
+    campaign has more ready, or the rounds have claimed `max_rows` (the round that reaches it is
+    finished); returns the batches to enqueue after commit.
 
     One round alone (two batches of a normal campaign) could not keep a fast gateway's queue
     filled between kicks: the queue ran dry and the bind sat idle between passes."""
@@ -225,7 +227,7 @@ def dispatch_pass(
     campaigns = dispatchable_campaigns(session)
     for _ in range(MAX_ROUNDS):
         campaigns = [c for c in campaigns if turn.take(c)]
-        if not campaigns:
+        if not campaigns or (max_rows is not None and turn.claimed >= max_rows):
             break
     return turn.batches
 
@@ -242,6 +244,7 @@ class _Turn:
     batch_size: int
     lease_s: int
     batches: list[Batch] = field(default_factory=list)
+    claimed: int = 0
 
     def take(self, campaign: Campaign) -> bool:
         """Send the campaign's share of this round; True when it may have more for another."""
@@ -307,6 +310,7 @@ class _Turn:
                     )
                 )
                 self.batches.append(Batch(campaign.channel, gateway, campaign.id, batch_claim, chunk))
+            self.claimed += len(ids)
         counters.apply_states(session, counted, after)
         return more
 

@@ -71,7 +71,7 @@ def enqueue(batches: list[Batch]) -> None:
             )
 
 
-def run_dispatch(rt: Runtime) -> int:
+def run_dispatch(rt: Runtime, max_rows: int | None = None) -> int:
     """One dispatch pass, committed before its send tasks are enqueued (so they see the rows)."""
     down = down_gateways(rt.redis, rt.gateways)  # failover marks (gateways/health.py)
     router = Router(rt.gateways, is_down=lambda name: name in down)
@@ -79,7 +79,12 @@ def run_dispatch(rt: Runtime) -> int:
     def claim() -> list[Batch]:
         with transaction(rt.engine) as session:
             return dispatch_pass(
-                session, rt.gateways, router, batch_size=rt.settings.dispatch_batch, lease_s=rt.settings.lease_seconds
+                session,
+                rt.gateways,
+                router,
+                batch_size=rt.settings.dispatch_batch,
+                lease_s=rt.settings.lease_seconds,
+                max_rows=max_rows,
             )
 
     batches = with_db_retry(claim)
@@ -105,7 +110,12 @@ def dispatch_while_asked(rt: Runtime) -> int:
 
     A kick that finds the lock taken leaves a note instead of being lost: batches that finished
     during a pass free room in their gateway's queue, and the next pass fills it at once rather
-    than at the next tick."""
+    than at the next tick.
+
+    The first pass claims about one send task's rows and each further pass twice as many as the
+    one before: an empty queue (a launch, a resume) gets its first batches within ~0.1 s instead
+    of after the whole backlog is claimed (8,000 rows took 0.7 s, with the binds idle), and a full
+    refill still takes a few passes."""
     total = 0
     try:
         with exclusive(rt, "dispatch", DISPATCH_LOCK_S) as got:
@@ -113,12 +123,17 @@ def dispatch_while_asked(rt: Runtime) -> int:
                 rt.redis.set(AGAIN_KEY, "1", px=DISPATCH_LOCK_S * 1000)
                 return 0
             started = time.monotonic()
+            max_rows = rt.settings.dispatch_batch
             for _ in range(MAX_PASSES):
                 rt.redis.delete(AGAIN_KEY)
-                n = run_dispatch(rt)
+                n = run_dispatch(rt, max_rows)
                 total += n
-                if not n or not rt.redis.exists(AGAIN_KEY) or time.monotonic() - started > DISPATCH_BUDGET_S:
+                cut_short = n >= max_rows  # the pass stopped at its size: there may be more
+                if not n or not (cut_short or rt.redis.exists(AGAIN_KEY)):
+                    break
+                if time.monotonic() - started > DISPATCH_BUDGET_S:
                     break  # past the budget, the next kick or tick goes on
+                max_rows *= 2
     except redis.RedisError as exc:
         # No Redis, no broker either: nothing could be enqueued. The next tick tries again.
         log.warning("dispatch skipped: redis unavailable (%s)", exc)
