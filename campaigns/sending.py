@@ -334,6 +334,7 @@ def record(
     events: list[dict[str, Any]] = []
     segments: list[dict[str, Any]] = []
     after = dict(before.states)
+    made: dict[tuple[MessageState, str, int, str | None], MessageState] = {}
     for o in outcomes:
         row = current.pop(o.message_id, None)  # a second outcome for one message is ignored
         if row is None:
@@ -347,9 +348,14 @@ def record(
         elif status is not MessageStatus.DISPATCHING or row_claim not in ours:
             continue
         error_code = o.error_code or ("ambiguous" if o.kind == "ambiguous" else None)
-        after[o.message_id] = _counted_after(
-            before.states[o.message_id], kind, sent_status, now, o.segments, error_code
-        )
+        # Made once per kind of change (a batch has few; `apply_states` takes each recipient from
+        # `before`): `dataclasses.replace` per message was 3.6 % of an SMS worker's time.
+        old = before.states[o.message_id]
+        change = (old, kind, o.segments, error_code)
+        new = made.get(change)
+        if new is None:
+            new = made[change] = _counted_after(old, kind, sent_status, now, o.segments, error_code)
+        after[o.message_id] = new
         params[kind].append(
             {
                 "b_id": o.message_id,
