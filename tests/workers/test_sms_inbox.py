@@ -5,6 +5,7 @@ intermediate states, the worst outcome of a long message, the 7-day report, and 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Engine, func, select, update
@@ -144,6 +145,28 @@ def test_passes_in_flight_together_apply_each_receipt_once_and_keep_the_counters
         entries = [e for m in session.scalars(select(Message)) for e in timeline.entries(session, m)]
         assert sum(e.kind == "receipt" for e in entries) == sum(len(p) for p in segments.values())
         assert session.scalar(select(func.count()).select_from(ReceiptInbox)) == 0
+
+
+def test_a_drain_leaves_what_arrives_after_a_short_pass_to_the_next_drain(db: Engine) -> None:
+    """A pass that finds less than a full pass waiting ends the drain: receipts arriving all the
+    time are applied in a few big passes (one per kick), not chased in passes of a few."""
+    cid = seed_campaign(db, 9, tag="chase")
+    ids = message_ids(db, cid)
+    sent(db, cid, "hexgw", {mid: [f"{mid:X}"] for mid in ids})
+    store(db, "hexgw", *(receipt(f"{mid:X}") for mid in ids[:5]))
+    passes: list[tuple[int, int]] = []
+
+    def receipts_arrive_meanwhile(step: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+        result = step()
+        passes.append(result)
+        if len(passes) == 1:
+            store(db, "hexgw", *(receipt(f"{mid:X}") for mid in ids[5:]))
+        return result
+
+    assert drain_inbox(db, GATEWAYS, lanes=1, limit=7, retry=receipts_arrive_meanwhile) == (5, False)
+    assert passes == [(5, 0)]
+    assert drain_inbox(db, GATEWAYS, lanes=1, limit=7) == (4, False)  # the next kick's drain
+    assert set(statuses(db, cid).values()) == {"delivered"}
 
 
 def test_a_long_message_takes_the_worst_outcome_of_its_segments(db: Engine) -> None:
