@@ -73,7 +73,6 @@ PRIORITY_WEIGHT = {Priority.HIGH: 4, Priority.NORMAL: 2, Priority.LOW: 1}
 # SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres needs 64 bits for billion-message waves.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 _DISPATCHING = text("status = 'dispatching'")
-_HAS_GATEWAY = text("gateway IS NOT NULL")
 
 
 def enum_column(enum: type[StrEnum], default: str | None = None, length: int = 16) -> Any:
@@ -140,13 +139,11 @@ class Message(SQLModel, table=True):
         # With `id` last, the dispatcher's claim (a campaign's queued rows in id order) is a range
         # scan of this index whatever share of the campaign is already sent (see migration 0003).
         Index("ix_message_campaign_status_id", "campaign_id", "status", "id"),
-        # Partial (migration 0004): a freshly imported message (queued, no gateway) is in neither,
-        # so an import does not maintain them. The queries that use them say `status =
-        # 'dispatching'` or name a gateway, which implies the predicate.
+        # Partial (migration 0004): a freshly imported message (queued) is not in it, so an import
+        # does not maintain it, nor do `sent` and `delivered`. The queries over one gateway's
+        # queue (depth, hand-over) say `status = 'dispatching'` (migration 0009 dropped the
+        # `(gateway, status)` index they never used).
         Index("ix_message_dispatching", "lease_until", postgresql_where=_DISPATCHING, sqlite_where=_DISPATCHING),
-        Index(
-            "ix_message_gateway_status", "gateway", "status", postgresql_where=_HAS_GATEWAY, sqlite_where=_HAS_GATEWAY
-        ),
         Index("ix_message_to", "to"),
     )
 
