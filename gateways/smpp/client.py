@@ -91,6 +91,7 @@ class _GivenSequence:
 
 
 _SUBMIT_SM = 0x00000004
+_DELIVER_SM_RESP = 0x80000005
 _SUBMIT_PARAMS = smpplib_command.SubmitSM.params
 # The fields `submit_sm_fields` gives; anything else (TLVs, say) goes through smpplib.
 _SUBMIT_FIELDS = frozenset(
@@ -171,6 +172,10 @@ class _SmpplibEncoder:
         return bytes(pdu.generate())
 
     def response(self, command: str, sequence: int, status: int = 0) -> bytes:
+        if command == "deliver_sm_resp":
+            # One per receipt, so on the hot path like submit_sm: smpplib took ~9 us to build these
+            # 17 octets (a header and an empty message_id); a test compares the two.
+            return struct.pack(">LLLL", 17, _DELIVER_SM_RESP, status, sequence) + b"\0"
         pdu = smpplib_codec.make_pdu(command, client=_GivenSequence(sequence), status=status)
         pdu.sequence = sequence  # responses do not draw a sequence number; they echo the request's
         return bytes(pdu.generate())

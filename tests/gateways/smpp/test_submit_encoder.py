@@ -1,4 +1,5 @@
-"""The hand-written submit_sm encoder writes exactly what smpplib writes for the same fields."""
+"""The hand-written submit_sm and deliver_sm_resp encoders write exactly what smpplib writes for the
+same fields."""
 
 from __future__ import annotations
 
@@ -84,3 +85,11 @@ def test_what_a_send_task_submits_matches_smpplib() -> None:
 def test_other_fields_still_go_through_smpplib() -> None:
     fields = {"source_addr": "TCTK", "destination_addr": "84961234567", "short_message": b"hi", "priority_flag": 1}
     assert _ENCODER.request("submit_sm", 7, **fields) == smpplib_bytes(7, fields)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sequence=st.integers(min_value=1, max_value=0x7FFFFFFF), status=st.integers(min_value=0, max_value=0xFFFFFFFF))
+def test_deliver_sm_resp_matches_smpplib_byte_for_byte(sequence: int, status: int) -> None:
+    pdu = smpp.make_pdu("deliver_sm_resp", client=_Sequence(sequence), status=status)
+    pdu.sequence = sequence
+    assert _ENCODER.response("deliver_sm_resp", sequence, status) == bytes(pdu.generate())
