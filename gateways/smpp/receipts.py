@@ -133,10 +133,25 @@ _FIELD_KEYS = {
     + tuple(f"{word}{sep}date" for word in ("submit", "done") for sep in ("", " ", "_"))
 }
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# The layout of SMPP 3.4 Appendix B, which nearly every SMSC writes: one match instead of a scan
+# (~2 us against ~7 us a receipt). Values hold neither blanks nor colons, so no field name can
+# hide in one, and the scan would cut the text at the same places (a test compares the two).
+_STANDARD = re.compile(
+    r"id:([^\s:]*) sub:([^\s:]*) dlvrd:([^\s:]*) submit date:([^\s:]*) done date:([^\s:]*)"
+    r" stat:([^\s:]*) err:([^\s:]*)(?: text:|\s*$)"
+)
+_STANDARD_KEYS = ("id", "sub", "dlvrd", "submitdate", "donedate", "stat", "err")
 
 
 def _fields(text: str) -> dict[str, str]:
     """Split a receipt text into {field: value}; the first occurrence of a field wins."""
+    standard = _STANDARD.match(text)
+    if standard is not None:
+        return dict(zip(_STANDARD_KEYS, standard.groups(), strict=True))
+    return _scan_fields(text)
+
+
+def _scan_fields(text: str) -> dict[str, str]:
     folded = text.lower()
     if len(folded) != len(text):  # a few characters outside Latin-1 grow when lower-cased
         folded = text.translate(_ASCII_LOWER)

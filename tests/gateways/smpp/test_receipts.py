@@ -8,12 +8,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from smpplib import smpp
 
 from gateways.smpp.receipts import (
     STATUS_RANK,
     ReceiptParseError,
     ReceiptState,
+    _fields,
+    _scan_fields,
     is_final,
     message_status_for,
     normalise_id,
@@ -291,3 +295,16 @@ def test_worst_outcome_refuses_nothing_and_non_final_statuses() -> None:
         worst_outcome([])
     with pytest.raises(ValueError, match="'sent'"):
         worst_outcome(["delivered", "sent"])
+
+
+# Values as carriers write them and as they should not: blanks, colons and field names inside.
+_PIECES = ["0", "9", "a", "F", ":", "-", "_", ".", " ", "id", "sub", "stat", "err", "text", "done date"]
+_VALUES = st.lists(st.sampled_from(_PIECES), max_size=5).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(values=st.lists(_VALUES, min_size=7, max_size=7), tail=st.sampled_from(["", " ", " text:", " text:x:y err:1"]))
+def test_the_standard_layout_reads_as_the_field_scan_reads_it(values: list[str], tail: str) -> None:
+    names = ("id", "sub", "dlvrd", "submit date", "done date", "stat", "err")
+    text = " ".join(f"{name}:{value}" for name, value in zip(names, values, strict=True)) + tail
+    assert _fields(text) == _scan_fields(text)
