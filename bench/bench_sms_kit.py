@@ -27,7 +27,7 @@ from sqlalchemy import Engine, func, insert, select, text, update
 from sqlmodel import col
 
 from accounts.service import get_or_create_org
-from campaigns import counters
+from campaigns import counters, tally
 from campaigns.models import Campaign, CampaignStatus, Channel, Message, MessageStatus
 from loa.db import make_engine, transaction
 from loa.migrate import upgrade
@@ -162,15 +162,23 @@ def status_counts(engine: Engine, campaign_id: str) -> dict[str, int]:
 
 
 def pending(engine: Engine, campaign_id: str) -> bool:
-    """Whether any message is still queued or dispatching: one probe of the (campaign, status)
-    index, not a count of the whole campaign, so polling takes no CPU from what is measured."""
-    with engine.connect() as conn:
+    """Whether any message is still queued or dispatching.
+
+    Polled every 50 ms while the workers run, so it must take no CPU from what is measured. The
+    campaign's live counters answer from a few hundred journal rows; the rows themselves are read
+    only once the counters say none is left, to confirm. (A probe of the rows every time cost
+    1.3-3.7 ms: with statistics from before the launch, Postgres scanned the table from its first
+    page for a queued row, past every row already sent.)"""
+    with transaction(engine) as session:
+        counted = {status: n for _, status, n in tally.status_totals(session, [campaign_id])}
+        if any(counted.get(status, 0) > 0 for status in PENDING):
+            return True
         probe = (
             select(col(Message.id))
             .where(col(Message.campaign_id) == campaign_id, col(Message.status).in_(PENDING))
             .limit(1)
         )
-        return conn.execute(probe).first() is not None
+        return session.execute(probe).first() is not None
 
 
 @dataclass
