@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, cast, exists, insert, select
+from sqlalchemy import Row, Select, String, bindparam, cast, exists, insert, select
 from sqlmodel import Session, col
 
 from campaigns.bulk import Prebuilt, any_of, any_param, any_value, is_postgres
@@ -86,9 +86,10 @@ def contribution(s: MessageState, fields: Sequence[str]) -> dict[Cell, int]:
 
 
 # --- reading message rows -------------------------------------------------------------------------
-# Core columns: a batch's rows are read twice per write, the ORM layer adds nothing here.
+# Core columns: a batch's rows are read twice per write, the ORM layer adds nothing here. A
+# writer that reads its rows anyway selects these and builds the snapshot from them (`build_states`).
 _MESSAGES = table_of(Message)
-_COLUMNS = (
+STATE_COLUMNS = (
     _MESSAGES.c.id,
     _MESSAGES.c.campaign_id,
     _MESSAGES.c.to,
@@ -133,7 +134,9 @@ def _campaign_info(_postgres: bool) -> Select[Any]:
 
 def _states(lock: bool) -> Callable[[bool], Select[Any]]:
     def build(postgres: bool) -> Select[Any]:
-        stmt = select(*_COLUMNS).where(any_param(_MESSAGES.c.id, "ids", postgres=postgres)).order_by(_MESSAGES.c.id)
+        stmt = (
+            select(*STATE_COLUMNS).where(any_param(_MESSAGES.c.id, "ids", postgres=postgres)).order_by(_MESSAGES.c.id)
+        )
         # In id order: writers that lock batches cannot deadlock.
         return stmt.with_for_update() if lock and postgres else stmt
 
@@ -168,6 +171,13 @@ def read_states(
         return {}, dict(campaigns or {}), {}
     stmt = (_STATES_LOCKED if lock else _STATES)(session)
     rows = session.execute(stmt, {"ids": any_value(ids, postgres=is_postgres(session))}).all()
+    return build_states(session, rows, campaigns)
+
+
+def build_states(
+    session: Session, rows: Sequence[Row[Any]], campaigns: Mapping[str, CampaignInfo] | None
+) -> tuple[dict[int, MessageState], dict[str, CampaignInfo], Holds]:
+    """The counted states of rows of `STATE_COLUMNS`."""
     info = dict(campaigns) if campaigns is not None else campaign_info(session, {r[1] for r in rows})
     wanted = {cid for cid, i in info.items() if i.fields}
     values: dict[int, dict[str, Any]] = {}

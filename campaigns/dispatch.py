@@ -15,13 +15,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Row, func, or_, select, update
 from sqlmodel import Session, col
 
 from campaigns import counters
 from campaigns.bulk import any_of, insert_rows
-from campaigns.frequency import Claimed, hold_over_cap
+from campaigns.counter_cells import STATE_COLUMNS
+from campaigns.frequency import hold_over_cap
 from campaigns.models import (
     PRIORITY_WEIGHT,
     Campaign,
@@ -145,10 +147,11 @@ def dispatchable_campaigns(session: Session) -> list[Campaign]:
     return campaigns
 
 
-def pick(session: Session, campaign: Campaign, limit: int) -> list[Claimed]:
-    """Up to `limit` of the campaign's ready messages, lowest ids first, locked until the
-    transaction ends (`FOR UPDATE SKIP LOCKED`) but not changed: the dispatcher claims and routes
-    the ones it sends in one update per batch, and those it has no room for stay as they were.
+def pick(session: Session, campaign: Campaign, limit: int) -> list[Row[Any]]:
+    """Up to `limit` of the campaign's ready messages (rows of `STATE_COLUMNS`: the counters'
+    snapshot is built from them), lowest ids first, locked until the transaction ends (`FOR
+    UPDATE SKIP LOCKED`) but not changed: the dispatcher claims and routes the ones it sends in
+    one update per batch, and those it has no room for stay as they were.
 
     The scan starts above the highest id this process picked last time (`_claim_cursor`), and
     from the lowest id when that comes up short or every `RESCAN_S` (rows given back to the queue
@@ -160,35 +163,35 @@ def pick(session: Session, campaign: Campaign, limit: int) -> list[Claimed]:
     start = 0 if ticks - scanned_at > RESCAN_S else after
     rows = _pick_above(session, campaign, start, limit)
     if start and len(rows) < limit:
-        taken = {mid for mid, _, _ in rows}  # locked by us, so the scan from the bottom sees them
+        taken = {r.id for r in rows}  # locked by us, so the scan from the bottom sees them
         below = _pick_above(session, campaign, 0, limit, skip=taken)[: limit - len(rows)]
-        rows = sorted(rows + below)
+        rows = sorted(rows + below, key=lambda r: int(r.id))
         start = 0
     if len(_claim_cursor) > 10_000:  # campaigns come and go: keep this bounded
         _claim_cursor.clear()
-    top = max((mid for mid, _, _ in rows), default=0)
+    top = max((int(r.id) for r in rows), default=0)
     _claim_cursor[campaign.id] = (max(top, after), ticks if start == 0 else scanned_at)
     return rows
 
 
 def _pick_above(
     session: Session, campaign: Campaign, after: int, limit: int, skip: Iterable[int] = ()
-) -> list[Claimed]:
+) -> list[Row[Any]]:
     pick = (
-        select(col(Message.id), col(Message.to), col(Message.carrier))
+        select(*STATE_COLUMNS)
         .where(
-            col(Message.campaign_id) == campaign.id,
-            col(Message.status) == MessageStatus.QUEUED.value,
-            col(Message.id) > after,
-            or_(col(Message.next_attempt_at).is_(None), col(Message.next_attempt_at) <= utcnow()),
+            _messages.c.campaign_id == campaign.id,
+            _messages.c.status == MessageStatus.QUEUED.value,
+            _messages.c.id > after,
+            or_(_messages.c.next_attempt_at.is_(None), _messages.c.next_attempt_at <= utcnow()),
         )
-        .order_by(col(Message.id))
+        .order_by(_messages.c.id)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)  # our own locks are not skipped: `skip`
     skip = set(skip)
-    return [(int(i), str(to), carrier) for i, to, carrier in session.execute(pick) if int(i) not in skip]
+    return [r for r in session.execute(pick).all() if int(r.id) not in skip]
 
 
 def mnp_overrides(session: Session, org_id: str, numbers: Iterable[str]) -> dict[str, str]:
@@ -256,10 +259,11 @@ class _Turn:
         routes = [g for g in _last_routes.get(campaign.id, ()) if g is not None]
         if want <= 0 or (routes and all(room.get((campaign.channel, g), 0) <= 0 for g in routes)):
             return False
-        rows = pick(session, campaign, want)
+        picked = pick(session, campaign, want)
         campaign.dispatch_turn += 1
-        more = len(rows) == want
-        rows = hold_over_cap(session, campaign, rows)  # recipients at the org's frequency cap wait
+        more = len(picked) == want
+        # Recipients at the organisation's frequency cap wait.
+        rows = hold_over_cap(session, campaign, [(int(r.id), str(r.to), r.carrier) for r in picked])
         if not rows:
             return more
         by_gateway: dict[str | None, list[int]] = defaultdict(list)
@@ -275,7 +279,8 @@ class _Turn:
         by_gateway = _within_room(by_gateway, room, self.sizes, campaign.channel)
         if not by_gateway:
             return more
-        counted = counters.snapshot(session, (i for ids in by_gateway.values() for i in ids))
+        kept = {i for ids in by_gateway.values() for i in ids}
+        counted = counters.snapshot_of(session, [r for r in picked if int(r.id) in kept])
         # The rows are locked since the pick: their new states follow from the updates below.
         after = dict(counted.states)
         now = utcnow()

@@ -25,7 +25,7 @@ def claim_ids(engine: Engine, cid: str, limit: int) -> tuple[str, list[int]]:
     with transaction(engine) as session:
         campaign = session.get(Campaign, cid)
         assert campaign is not None
-        ids = [mid for mid, _, _ in pick(session, campaign, limit)]
+        ids = [r.id for r in pick(session, campaign, limit)]
         session.execute(
             update(Message)
             .where(col(Message.id).in_(ids))
@@ -41,9 +41,9 @@ def test_a_pick_changes_nothing_and_a_second_pick_in_the_same_transaction_sees_t
     with transaction(db) as session:
         campaign = session.get(Campaign, cid)
         assert campaign is not None
-        assert [mid for mid, _, _ in pick(session, campaign, 4)] == ids[:4]
+        assert [r.id for r in pick(session, campaign, 4)] == ids[:4]
         dispatch._claim_cursor[cid] = (0, time.monotonic())
-        assert [mid for mid, _, _ in pick(session, campaign, 4)] == ids[:4]
+        assert [r.id for r in pick(session, campaign, 4)] == ids[:4]
     assert {m.status for m in rows(db, cid)} == {MessageStatus.QUEUED}
     _, above = claim_ids(db, cid, 10)  # the cursor sits at ids[3]: the rest, then the bottom again
     assert above == ids
