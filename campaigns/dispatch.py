@@ -247,7 +247,11 @@ class _Turn:
     batch_size: int
     lease_s: int
     batches: list[Batch] = field(default_factory=list)
-    claimed: int = 0
+
+    @property
+    def claimed(self) -> int:
+        """Rows claimed for send tasks so far in this pass."""
+        return sum(len(b.ids) for b in self.batches)
 
     def take(self, campaign: Campaign) -> bool:
         """Send the campaign's share of this round; True when it may have more for another."""
@@ -315,7 +319,6 @@ class _Turn:
                     )
                 )
                 self.batches.append(Batch(campaign.channel, gateway, campaign.id, batch_claim, chunk))
-            self.claimed += len(ids)
         counters.apply_states(session, counted, after)
         return more
 
